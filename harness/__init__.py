@@ -1,0 +1,1 @@
+"""harness/: turns suite.yaml into work — datasets, detectors, quantization, export, trials, store."""
