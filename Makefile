@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# OpenMP threads sleep instead of spinning: a busy shared machine otherwise slows training 4-8x
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench lint clean

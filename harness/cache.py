@@ -79,3 +79,24 @@ class Cache:
 
     def evict(self, kind: str, key: str) -> None:
         shutil.rmtree(self.entry(kind, key), ignore_errors=True)
+
+    def clean_stale(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary leftovers of killed runs (entries being written, export folders);
+        only those untouched for `older_than_s`, so a concurrent run's work in progress stays."""
+        import time
+
+        if not self.root.is_dir():
+            return 0
+        now, removed = time.time(), 0
+        candidates = [p for p in self.root.glob(".*") if p.name.startswith((".export-", ".params-"))]
+        for kind in ("quant", "artifacts"):
+            candidates += [p for p in (self.root / kind).glob(".*.tmp")] if (self.root / kind).is_dir() else []
+        for p in candidates:
+            try:
+                if now - p.stat().st_mtime < older_than_s:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed += 1
+            except OSError:
+                continue
+        return removed

@@ -68,10 +68,6 @@ def make_plan(suite: Suite, inventory: Inventory) -> Plan:
     unknown = [d for d in suite.trials.devices if d not in devices]
     if unknown:
         raise SuiteError(f"trials.devices: unknown device(s) {unknown}; the inventory has {sorted(devices)}")
-    labels = [m.display for m in suite.methods]
-    dupes = sorted({n for n in labels if labels.count(n) > 1})
-    if dupes:
-        raise SuiteError(f"methods: entries {dupes} appear twice with the same label; give them distinct `label`s")
     for det in suite.detectors:
         for m in suite.methods:
             quantizes = METHODS[m.name].quantizes

@@ -77,6 +77,7 @@ RUNS_COLUMNS: list[tuple[str, str]] = [
     ("status", "TEXT"),  # running | finished | failed
     ("git_commit", "TEXT"),
     ("env_json", "TEXT"),  # package versions, host facts
+    ("timings_json", "TEXT"),  # seconds per stage: prepare, deploy, trials, report
 ]
 
 
@@ -142,6 +143,10 @@ class Store:
                 self.conn.execute(f"ALTER TABLE trials ADD COLUMN {n} {t.replace('NOT NULL', '')}")
         rcols = ", ".join(f"{n} {t}" for n, t in RUNS_COLUMNS)
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({rcols})")
+        have_runs = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for n, t in RUNS_COLUMNS:
+            if n not in have_runs:
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {n} {t.replace('PRIMARY KEY', '')}")
         self.conn.execute("CREATE INDEX IF NOT EXISTS trials_run ON trials(run_id)")
 
     @contextmanager
@@ -181,9 +186,10 @@ class Store:
                 (run_id, suite, suite_hash, suite_yaml, time.time(), git_commit, json.dumps(env, sort_keys=True)),
             )
 
-    def finish_run(self, run_id: str, status: str = "finished") -> None:
+    def finish_run(self, run_id: str, status: str = "finished", timings: dict | None = None) -> None:
         with self._tx() as c:
-            c.execute("UPDATE runs SET finished_at=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+            c.execute("UPDATE runs SET finished_at=?, status=?, timings_json=? WHERE run_id=?",
+                      (time.time(), status, json.dumps(timings or {}, sort_keys=True), run_id))
 
     def rows(self, run_id: str | None = None) -> list[dict]:
         cur = self.conn.execute(

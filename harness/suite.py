@@ -178,6 +178,10 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _cross(self):
+        labels = [m.display for m in self.methods]
+        dupes = sorted({n for n in labels if labels.count(n) > 1})
+        if dupes:
+            raise ValueError(f"methods: entries {dupes} appear twice with the same label; give them distinct `label`s")
         names = [d.name for d in self.datasets]
         for i, det in enumerate(self.detectors):
             if det.train_on and det.train_on not in names:
@@ -202,10 +206,10 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def format_errors(path: Path | str, exc: ValidationError) -> str:
+def format_errors(path: Path | str, exc: ValidationError, prefix: str = "") -> str:
     lines = [f"{path}: invalid suite ({exc.error_count()} problem(s))"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = prefix + (".".join(str(p) for p in err["loc"]) or "(top level)")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -239,6 +243,14 @@ def load_suite(path: str | Path, profile: str | None = None, overrides: dict | N
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         raise SuiteError(format_errors(path, exc)) from exc
+    if not profile:  # a bad edit to any profile is caught now, not on the night it is used
+        for name, over in (data.get("profiles") or {}).items():
+            if not isinstance(over, dict):
+                raise SuiteError(f"{path}: invalid suite\n  profiles.{name}: expected a mapping of overrides")
+            try:
+                Suite.model_validate(_merge({k: v for k, v in data.items() if k != "profiles"}, over))
+            except ValidationError as exc:
+                raise SuiteError(format_errors(path, exc, prefix=f"profiles.{name}.")) from exc
     base = path.parent
     for key in ("store", "cache_dir", "out_dir", "data_root", "devices"):
         value = getattr(suite, key)

@@ -47,10 +47,12 @@ def float_activation_stats(ctx: MethodContext) -> ActivationStats:
 
 
 def acts_from_ranges(ctx: MethodContext, ranges: dict[str, tuple[float, float]]) -> dict[str, ActQuant]:
+    """Activation grids from ranges; option `act_symmetric` (TensorRT-style int8) centres them."""
     out: dict[str, ActQuant] = {}
+    symmetric = bool(ctx.options.get("act_symmetric", False))
     for point in ctx.placement.points:
         lo, hi = ranges[point]
         bits = ctx.act_bits[point]
-        scale, zp = act_qparams(lo, hi, bits)
+        scale, zp = act_qparams(lo, hi, bits, symmetric=symmetric)
         out[point] = ActQuant(point, scale, zp, bits)
     return out

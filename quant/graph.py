@@ -27,7 +27,7 @@ RELU_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 RELU_FUNCS = {F.relu, torch.relu, F.relu6, F.hardtanh}
 RELU_METHODS = {"relu", "relu_"}
 ADD_FUNCS = {operator.add, torch.add, operator.iadd}
-PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten)
+PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten, nn.ZeroPad2d, nn.PixelShuffle, nn.PixelUnshuffle)
 PASS_FUNCS = {F.max_pool2d, torch.flatten, F.dropout, operator.getitem, torch.reshape}
 PASS_METHODS = {"view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze", "unsqueeze"}
 REROUND_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d)
@@ -100,9 +100,29 @@ class Placement:
         return self.weights[-1] if self.weights else None
 
 
+def _grid_preserving_call(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Zero padding and nearest-neighbour resampling only copy values (zero is on every grid)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.ConstantPad2d):
+            return m.value == 0
+        if isinstance(m, nn.Upsample):
+            return m.mode == "nearest"
+        return False
+    if node.op == "call_function" and node.target is F.pad:
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        return mode == "constant" and not value
+    if node.op == "call_function" and node.target is F.interpolate:
+        return node.kwargs.get("mode", "nearest") == "nearest"
+    return False
+
+
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "placeholder":
         return "input"
+    if _grid_preserving_call(node, modules):
+        return "pass"
     if node.op == "call_module":
         m = modules[node.target]
         if isinstance(m, COMPUTE_MODULES):

@@ -79,6 +79,11 @@ class ActQuant:
         return (1 << self.bits) - 1
 
     @property
+    def symmetric(self) -> bool:
+        """Zero point in the middle of the grid: an int8 runtime sees zero point 0."""
+        return self.zero_point == 1 << (self.bits - 1)
+
+    @property
     def range(self) -> tuple[float, float]:
         return ((0 - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale)
 
@@ -98,6 +103,9 @@ class QuantParams:
     acts: dict[str, ActQuant] = field(default_factory=dict)
     grid_of: dict[str, str] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # Float biases that replace the folded model's (e.g. after bias correction or the
+    # least-squares compensation of eliminated channels); module name -> float32 [out].
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def max_act_bits(self) -> int:
@@ -122,6 +130,8 @@ class QuantParams:
             arrays[f"w/{name}/codes"] = w.codes
             arrays[f"w/{name}/scale"] = w.scale
             arrays[f"w/{name}/bits"] = w.bits
+        for name, b in self.biases.items():
+            arrays[f"b/{name}"] = np.asarray(b, np.float32)
         meta = {
             "method": self.method,
             "bits": self.bits,
@@ -146,7 +156,8 @@ class QuantParams:
                     name, z[key], z[f"w/{name}/scale"], z[f"w/{name}/bits"]
                 )
         acts = {k: ActQuant(k, float(s), int(zp), int(b)) for k, (s, zp, b) in meta["acts"].items()}
-        return cls(meta["method"], meta["bits"], weights, acts, meta["grid_of"], meta["info"])
+        biases = {key[2:]: z[key] for key in z.files if key.startswith("b/")}
+        return cls(meta["method"], meta["bits"], weights, acts, meta["grid_of"], meta["info"], biases)
 
     def code_hash(self) -> str:
         """sha256 over the integer codes, scales and activation grids (not over `info`)."""
@@ -160,4 +171,7 @@ class QuantParams:
         for name in sorted(self.acts):
             a = self.acts[name]
             h.update(f"{name}:{a.scale!r}:{a.zero_point}:{a.bits}".encode())
+        for name in sorted(self.biases):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.biases[name], np.float32).tobytes())
         return h.hexdigest()

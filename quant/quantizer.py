@@ -52,14 +52,19 @@ def weight_error_per_channel(w: torch.Tensor, scale: torch.Tensor, bits: torch.T
     return err.reshape(w.shape[0], -1).pow(2).sum(dim=1)
 
 
-def act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+def act_qparams(lo: float, hi: float, bits: int, symmetric: bool = False) -> tuple[float, int]:
     """Scale and zero point of a 2^b-level grid covering [lo, hi] (which is widened to hold 0).
 
-    Zero must be exactly representable (padding and ReLU outputs are exact zeros)."""
+    Zero must be exactly representable (padding and ReLU outputs are exact zeros). Symmetric
+    grids put the zero point at 2^(b-1) (int8 zero point 0, what TensorRT wants): the range
+    becomes [-2^(b-1) s, (2^(b-1) - 1) s] with s = max(|lo|, |hi|) / (2^(b-1) - 1)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     qmax = (1 << bits) - 1
     if hi - lo < 1e-12:
-        return 1e-8, 0
+        return 1e-8, (1 << (bits - 1)) if symmetric else 0
+    if symmetric:
+        half = (1 << (bits - 1)) - 1
+        return float(np.float32(max(-lo, hi) / half)), 1 << (bits - 1)
     scale = (hi - lo) / qmax
     zp = int(np.clip(np.round(-lo / scale), 0, qmax))
     return float(np.float32(scale)), zp

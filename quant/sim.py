@@ -117,6 +117,10 @@ def _load_codes(gm: fx.GraphModule, params: QuantParams, inputs: dict[str, str])
     for name, wq in params.weights.items():
         mod = mods[name]
         mod.weight.data = torch.from_numpy(wq.dequantize()).to(mod.weight.dtype)
+        if name in params.biases:
+            if mod.bias is None:
+                mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
+            mod.bias.data = torch.from_numpy(np.asarray(params.biases[name], np.float32)).to(mod.weight.dtype)
         point = inputs.get(name)
         if mod.bias is not None and point in params.acts:
             s_b = np.float32(params.acts[point].scale) * wq.scale.astype(np.float32)

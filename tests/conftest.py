@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see harness/cli.py
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -35,9 +35,15 @@ def defakeq(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1500)
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the module: data and the trained detector are made once."""
+    return tmp_path_factory.mktemp("e2e-cache")
+
+
 @pytest.mark.slow
-def test_run_then_report(tmp_path):
-    (tmp_path / "suite.yaml").write_text(SUITE)
+def test_run_then_report(tmp_path, cache_dir):
+    (tmp_path / "suite.yaml").write_text(SUITE.replace("cache_dir: runs/cache", f"cache_dir: {cache_dir}"))
     p = defakeq("run", "suite.yaml", "--run-id", "e2e-1", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     report = Path(p.stdout.strip().splitlines()[-1])
@@ -74,9 +80,10 @@ def test_run_then_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_failing_gate_exits_nonzero(tmp_path):
-    (tmp_path / "suite.yaml").write_text(SUITE.replace("auc_drop_max: 0.5", "auc_drop_max: 0.0001").replace("W8A8, W4A4", "W4A4")
-                                         .replace("formats: [onnx, tflite]", "formats: [onnx]"))
+def test_failing_gate_exits_nonzero(tmp_path, cache_dir):
+    suite = (SUITE.replace("cache_dir: runs/cache", f"cache_dir: {cache_dir}").replace("auc_drop_max: 0.5", "auc_drop_max: 0.0001")
+             .replace("W8A8, W4A4", "W4A4").replace("formats: [onnx, tflite]", "formats: [onnx]"))
+    (tmp_path / "suite.yaml").write_text(suite)
     p = defakeq("run", "suite.yaml", "--run-id", "gate", "--no-progress", cwd=tmp_path)
     assert p.returncode == 1, p.stderr[-2000:]
     assert "gates failed" in p.stderr

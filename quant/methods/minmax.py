@@ -5,7 +5,7 @@ from ..qparams import QuantParams
 from ..registry import MethodContext, register
 
 
-@register("minmax", defaults={"granularity": "per-channel"})
+@register("minmax", defaults={"granularity": "per-channel", "act_symmetric": False})
 def minmax(ctx: MethodContext) -> QuantParams:
     """Weights: max|w| per output channel (or per tensor); activations: observed min/max on the
     calibration frames."""
