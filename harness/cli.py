@@ -43,7 +43,7 @@ def cmd_plan(args) -> int:
         Console(stderr=True).print(f"[red]error:[/] {args.suite}: {exc}", highlight=False)
         return EXIT_BAD_INPUT
     done = _done_trial_keys(suite, getattr(args, "resume", None))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"{suite.name}: {len(plan.quant)} quantizations, {len(plan.export)} artifacts, {len(plan.trials)} trials")
     for col in ("detector", "method", "bits", "format", "dataset", "device", "runtime", "state"):
         table.add_column(col)
@@ -152,7 +152,7 @@ def cmd_devices(args) -> int:
     except InventoryError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         return EXIT_BAD_INPUT
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     if args.action == "list":
         table = Table(title="devices")
         for col in ("name", "transport", "address", "runtimes", "threads", "tags"):
@@ -166,13 +166,20 @@ def cmd_devices(args) -> int:
 
     ok = True
     table = Table(title="device check")
-    for col in ("name", "reachable", "os", "cpu/soc", "runtimes", "temp °C", "note"):
+    for col in ("name", "reachable", "os", "cpu / soc", "runtimes", "temp °C", "problems"):
         table.add_column(col)
     for d in inventory.devices:
-        facts = check(d)
-        ok &= bool(facts.get("reachable"))
-        table.add_row(d.name, "yes" if facts.get("reachable") else "[red]no[/]", str(facts.get("os", "")), str(facts.get("cpu", "")),
-                      str(facts.get("runtimes", "")), str(facts.get("max_temp_c", "")), str(facts.get("error", "")))
+        f = check(d)
+        ok &= bool(f.get("reachable")) and not f.get("problems")
+        osf, cpu = f.get("os") or {}, f.get("cpu") or {}
+        runtimes = "\n".join(
+            f"{'✓' if r.get('available') else '✗'} {name} {r.get('version') or ''}".strip()
+            for name, r in (f.get("runtimes") or {}).items()
+        )
+        cpu_text = " / ".join(str(x) for x in (cpu.get("model"), cpu.get("soc")) if x) + (f" ({cpu['count']} cores)" if cpu.get("count") else "")
+        problems = "; ".join([*(f.get("problems") or []), *([f["error"]] if f.get("error") else [])])
+        table.add_row(d.name, "yes" if f.get("reachable") else "[red]no[/]", str(osf.get("name") or osf.get("kernel") or ""),
+                      cpu_text, runtimes, "" if f.get("max_temp_c") is None else f"{f['max_temp_c']:.0f}", problems)
     console.print(table)
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -113,12 +113,19 @@ def quantize(
     _check_params(params, folded, placement)
     sim = build_sim(folded, placement, params)
     n_params = sum(p.numel() for p in folded.parameters())
+    dense_bits = sum(w.packed_bits for w in params.weights.values())
+    packed_bytes = packed_model_bytes(params, n_params)
+    # A method that stores another real layout (e.g. bitmap-sparse after pruning) reports the
+    # payload its own packer produced; sizes stay counted, never estimated.
+    payload_bits = params.info.get("payload_bits")
+    if payload_bits is not None:
+        packed_bytes += (int(payload_bits) - dense_bits + 7) // 8
     stats = {
         "wall_s": time.perf_counter() - t0,
         "device": str(dev),
         "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss0) / 1024,
-        "packed_bytes": packed_model_bytes(params, n_params),
-        "packed_weight_bits": sum(w.packed_bits for w in params.weights.values()),
+        "packed_bytes": packed_bytes,
+        "packed_weight_bits": int(payload_bits) if payload_bits is not None else dense_bits,
         "budget_bits": ctx.budget_bits,
         "avg_weight_bits": params.avg_weight_bits(),
         "code_hash": params.code_hash(),

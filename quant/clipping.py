@@ -60,16 +60,26 @@ def _per_channel(err: torch.Tensor, per_channel: bool) -> torch.Tensor:
     return err if per_channel else err.sum(dim=1, keepdim=True).expand_as(err)
 
 
-def percentile_weight_scale(w: torch.Tensor, bits: torch.Tensor, p: float, per_channel: bool = True) -> torch.Tensor:
-    """Scale putting the p-th percentile of |w| (per channel, or over the tensor) on the top code."""
+def percentile_weight_scale(
+    w: torch.Tensor, bits: torch.Tensor, p: float, per_channel: bool = True
+) -> torch.Tensor:
+    """Scale putting the p-th percentile of |w| (per channel, or of the tensor) on the top code."""
     a = w.detach().float().abs().reshape(w.shape[0], -1)
-    amax = quantile(a, p / 100.0, dim=1) if per_channel else quantile(a.reshape(1, -1), p / 100.0, dim=1).expand(w.shape[0])
+    amax = (
+        quantile(a, p / 100.0, dim=1)
+        if per_channel
+        else quantile(a.reshape(1, -1), p / 100.0, dim=1).expand(w.shape[0])
+    )
     qmax = weight_qmax(bits.to(w.device)).to(torch.float32).clamp(min=1)
     return torch.clamp(amax / qmax, min=1e-12)
 
 
 def mse_weight_scale(
-    w: torch.Tensor, bits: torch.Tensor, per_channel: bool = True, grid: int = 100, min_frac: float = 0.05
+    w: torch.Tensor,
+    bits: torch.Tensor,
+    per_channel: bool = True,
+    grid: int = 100,
+    min_frac: float = 0.05,
 ) -> torch.Tensor:
     """Scale minimising ||w - Q(w)||^2 over clipping ranges alpha * max|w|, alpha on a grid of
     `grid` values from 1 down to `min_frac` (ties keep the widest range, i.e. min-max)."""
@@ -92,7 +102,9 @@ def mse_weight_scale(
     return torch.clamp(base * alphas[best], min=1e-12)
 
 
-def weight_scale(w: torch.Tensor, bits: torch.Tensor, clip: str, per_channel: bool, percentile: float = 99.99) -> torch.Tensor:
+def weight_scale(
+    w: torch.Tensor, bits: torch.Tensor, clip: str, per_channel: bool, percentile: float = 99.99
+) -> torch.Tensor:
     """Per-channel scale of `w` under clipping rule `clip` (all channels equal if per tensor)."""
     if clip == "minmax":
         s = minmax_weight_scale(w.detach().float(), bits.to(w.device))
@@ -105,7 +117,11 @@ def weight_scale(w: torch.Tensor, bits: torch.Tensor, clip: str, per_channel: bo
 
 
 def clipped_weights(
-    modules: dict[str, torch.nn.Module], ctx: MethodContext, clip: str, per_channel: bool, percentile: float = 99.99
+    modules: dict[str, torch.nn.Module],
+    ctx: MethodContext,
+    clip: str,
+    per_channel: bool,
+    percentile: float = 99.99,
 ) -> dict[str, WeightQuant]:
     """Round-to-nearest weight codes of every module under `clip`, at the plan's bit-widths."""
     from .calibrate import bits_tensor, make_weight_quant
@@ -114,14 +130,18 @@ def clipped_weights(
     for name, mod in modules.items():
         w = mod.weight.detach().float()
         bits = bits_tensor(w.shape[0], ctx.weight_bits[name]).to(w.device)
-        out[name] = make_weight_quant(name, w, weight_scale(w, bits, clip, per_channel, percentile), bits)
+        out[name] = make_weight_quant(
+            name, w, weight_scale(w, bits, clip, per_channel, percentile), bits
+        )
     return out
 
 
 # --- activations --------------------------------------------------------------------------
 
 
-def act_grids(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def act_grids(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Vectorised `act_qparams`: (scale, zero point) of each candidate range [lo_i, hi_i]."""
     lo, hi = torch.clamp(lo.double(), max=0.0), torch.clamp(hi.double(), min=0.0)
     qmax = (1 << bits) - 1
@@ -137,7 +157,9 @@ def act_grids(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) ->
     return torch.where(degenerate, torch.full_like(scale, 1e-8), scale), zp
 
 
-def act_grid_error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, chunk: int = 10) -> torch.Tensor:
+def act_grid_error(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, chunk: int = 10
+) -> torch.Tensor:
     """Sum of squared fake-quantization error of `x` under each candidate grid [lo_i, hi_i]."""
     scale, zp = act_grids(lo, hi, bits, symmetric)
     scale, zp = scale.float(), zp.float()
@@ -151,7 +173,9 @@ def act_grid_error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: in
     return torch.cat(out)
 
 
-def mse_act_range(x: torch.Tensor, bits: int, symmetric: bool = False, grid: int = 100, min_frac: float = 0.05) -> tuple[float, float]:
+def mse_act_range(
+    x: torch.Tensor, bits: int, symmetric: bool = False, grid: int = 100, min_frac: float = 0.05
+) -> tuple[float, float]:
     """Range [lo, hi] whose grid minimises the squared error on samples `x`: a joint shrink of
     the min-max range (alpha on a `grid`-point grid from 1 down to `min_frac`; ties keep the
     widest), then for signed tensors lo and hi refined one at a time on the same grid."""
@@ -171,7 +195,9 @@ def mse_act_range(x: torch.Tensor, bits: int, symmetric: bool = False, grid: int
     return lo, hi
 
 
-def act_ranges(ctx: MethodContext, stats: ActivationStats, clip: str, percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+def act_ranges(
+    ctx: MethodContext, stats: ActivationStats, clip: str, percentile: float = 99.99
+) -> dict[str, tuple[float, float]]:
     """[lo, hi] of every quant point from calibration statistics under rule `clip`."""
     symmetric = bool(ctx.options.get("act_symmetric", False))
     out: dict[str, tuple[float, float]] = {}

@@ -76,3 +76,24 @@ def test_default_suite_is_valid_and_plans(tmp_path):
 
     plan = make_plan(suite, load_inventory(suite.devices))
     assert len(plan.quant) == 6 and len(plan.export) == 12 and len(plan.trials) == 12
+
+
+def test_suite_gate_keys_are_the_reports_gate_keys():
+    from harness.suite import GATE_KEYS
+    from reports.gates import GATE_KEYS as REPORT_KEYS
+
+    assert set(GATE_KEYS) == set(REPORT_KEYS)
+
+
+@pytest.mark.parametrize("gates,needle", [
+    ("{auc_drop_max: -1}", "gates.auc_drop_max: expected a number >= 0"),
+    ("{fps_min: {rpi5: fast}}", "gates.fps_min['rpi5']"),
+    ("{max_failed_trials: 1.5}", "gates.max_failed_trials"),
+    ("{no_regressions: maybe}", "gates.no_regressions"),
+])
+def test_bad_gate_values(tmp_path, gates, needle):
+    f = tmp_path / "suite.yaml"
+    f.write_text(GOOD + f"gates: {gates}\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(f)
+    assert needle in str(err.value)

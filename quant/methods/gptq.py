@@ -51,7 +51,9 @@ def layer_columns(mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         pad = (0, 0)
     elif isinstance(pad, str):  # 'valid' / 'same': pad explicitly, as the conv does
         total = [dd * (kk - 1) for dd, kk in zip(d, k)] if pad == "same" else [0, 0]
-        x = F.pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2))
+        x = F.pad(
+            x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        )
         pad = (0, 0)
     cols = F.unfold(x, k, dilation=d, padding=pad, stride=s)  # [N, C*kh*kw, L]
     g = mod.groups
@@ -61,7 +63,9 @@ def layer_columns(mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def layer_hessian(model: nn.Module, name: str, batches: list[torch.Tensor], chunk_elems: int = 1 << 25) -> torch.Tensor:
+def layer_hessian(
+    model: nn.Module, name: str, batches: list[torch.Tensor], chunk_elems: int = 1 << 25
+) -> torch.Tensor:
     """H = 2 X X^T / n of module `name`'s input, per group: [groups, d, d] float32."""
     mod = model.get_submodule(name)
     acc: dict[str, torch.Tensor | int] = {"H": 0, "n": 0}
@@ -133,7 +137,9 @@ def gptq_quantize(
     w.masked_fill_(dead[:, None, :], 0.0)
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diagonal(h, dim1=-2, dim2=-1), dim=1, descending=True, stable=True)
+        perm = torch.argsort(
+            torch.diagonal(h, dim1=-2, dim2=-1), dim=1, descending=True, stable=True
+        )
         w = torch.gather(w, 2, perm[:, None, :].expand(g, r, d))
         h = _batched_perm(h, perm)
     hinv = _inverse_cholesky(h, damp)
@@ -158,15 +164,21 @@ def gptq_quantize(
     return q
 
 
-def quantize_layer(mod: nn.Module, h: torch.Tensor, scale: torch.Tensor, bits: torch.Tensor, opts: dict) -> torch.Tensor:
+def quantize_layer(
+    mod: nn.Module, h: torch.Tensor, scale: torch.Tensor, bits: torch.Tensor, opts: dict
+) -> torch.Tensor:
     """GPTQ codes of one conv/linear module, in the weight's own shape."""
     wt = mod.weight.detach()
     groups = h.shape[0]
     w = wt.reshape(groups, wt.shape[0] // groups, -1)
     qmax = weight_qmax(bits.to(wt.device)).reshape(groups, -1)
     codes = gptq_quantize(
-        w, h, scale.reshape(groups, -1), qmax,
-        block_size=int(opts.get("block_size", 128)), damp=float(opts.get("damp", 0.01)),
+        w,
+        h,
+        scale.reshape(groups, -1),
+        qmax,
+        block_size=int(opts.get("block_size", 128)),
+        damp=float(opts.get("damp", 0.01)),
         act_order=bool(opts.get("act_order", False)),
     )
     return codes.reshape(wt.shape)
@@ -210,7 +222,9 @@ def gptq(ctx: MethodContext) -> QuantParams:
             scale.cpu().numpy().astype(np.float32),
             bits.cpu().numpy().astype(np.int8),
         )
-        mod.weight.data = torch.from_numpy(weights[name].dequantize()).to(device=w.device, dtype=mod.weight.dtype)
+        mod.weight.data = torch.from_numpy(weights[name].dequantize()).to(
+            device=w.device, dtype=mod.weight.dtype
+        )
     stats = collect_activation_stats(model, ctx.placement, batches, seed=ctx.seed)
     acts = acts_from_ranges(ctx, act_ranges(ctx, stats, act_clip))
     return QuantParams("gptq", "", weights, acts)

@@ -27,7 +27,13 @@ def mse(ctx: MethodContext) -> QuantParams:
     per_channel = choose(ctx, "granularity", GRANULARITIES) == "per-channel"
     weights = clipped_weights(compute_modules(ctx.folded), ctx, "mse", per_channel)
     params = QuantParams("mse", "", weights)
-    model = with_dequantized_weights(ctx.folded, params) if ctx.options.get("acts_after_weights", True) else ctx.folded
-    stats = collect_activation_stats(model.to(ctx.device), ctx.placement, ctx.batches(), seed=ctx.seed)
+    model = (
+        with_dequantized_weights(ctx.folded, params)
+        if ctx.options.get("acts_after_weights", True)
+        else ctx.folded
+    )
+    stats = collect_activation_stats(
+        model.to(ctx.device), ctx.placement, ctx.batches(), seed=ctx.seed
+    )
     params.acts = acts_from_ranges(ctx, act_ranges(ctx, stats, "mse"))
     return params

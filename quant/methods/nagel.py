@@ -31,9 +31,26 @@ from ..registry import MethodContext, register
 from ..sim import collect_activation_stats
 
 # Ops between the pair that commute with a positive per-channel scaling.
-_HOMOGENEOUS = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d,
-                nn.Dropout, nn.Identity, nn.Flatten)
-_HOMOGENEOUS_FUNCS = {F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout, torch.flatten}
+_HOMOGENEOUS = (
+    nn.ReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.Dropout,
+    nn.Identity,
+    nn.Flatten,
+)
+_HOMOGENEOUS_FUNCS = {
+    F.relu,
+    torch.relu,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.dropout,
+    torch.flatten,
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,9 @@ def find_cle_pairs(gm: fx.GraphModule) -> list[CLEPair]:
         cur, saw_relu = node, False
         while len(cur.users) == 1:
             nxt = next(iter(cur.users))
-            if nxt.args[0] is not cur or any(isinstance(a, fx.Node) for a in list(nxt.args[1:]) + list(nxt.kwargs.values())):
+            if nxt.args[0] is not cur or any(
+                isinstance(a, fx.Node) for a in list(nxt.args[1:]) + list(nxt.kwargs.values())
+            ):
                 break  # the tensor enters in a second role (e.g. a residual add)
             if nxt.op == "call_module" and isinstance(modules[nxt.target], compute):
                 first, second = modules[node.target], modules[nxt.target]
@@ -156,7 +175,9 @@ def _channel_mean(y: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def output_means(model: nn.Module, names: list[str], batches: list[torch.Tensor], stop_after: str | None = None) -> dict[str, torch.Tensor]:
+def output_means(
+    model: nn.Module, names: list[str], batches: list[torch.Tensor], stop_after: str | None = None
+) -> dict[str, torch.Tensor]:
     """Per-channel mean output of modules `names` over the calibration batches."""
     mods = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
@@ -169,6 +190,7 @@ def output_means(model: nn.Module, names: list[str], batches: list[torch.Tensor]
             counts[name] = counts.get(name, 0) + n
             if name == stop_after:
                 raise _Stop
+
         return fn
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
@@ -185,7 +207,9 @@ def output_means(model: nn.Module, names: list[str], batches: list[torch.Tensor]
 
 
 @torch.no_grad()
-def empirical_bias_correction(reference: nn.Module, quantized: nn.Module, batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
+def empirical_bias_correction(
+    reference: nn.Module, quantized: nn.Module, batches: list[torch.Tensor]
+) -> dict[str, np.ndarray]:
     """Correct, in `quantized` (same graph, quantized weights) and in order, every conv/linear
     bias so that its mean output over `batches` equals the one of `reference`; returns the new
     float biases. Layers run sequentially: each sees the already corrected layers before it."""
@@ -198,7 +222,9 @@ def empirical_bias_correction(reference: nn.Module, quantized: nn.Module, batche
         got = output_means(quantized, [name], batches, stop_after=name)[name]
         delta = (target[name] - got).to(mod.weight.dtype)
         if mod.bias is None:
-            mod.bias = nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device))
+            mod.bias = nn.Parameter(
+                torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device)
+            )
         mod.bias.add_(delta)
         out[name] = mod.bias.detach().float().cpu().numpy().copy()
     return out
@@ -213,7 +239,11 @@ def load_weights(model: nn.Module, weights: dict[str, WeightQuant]) -> None:
 
 
 def module_biases(model: nn.Module) -> dict[str, np.ndarray]:
-    return {n: m.bias.detach().float().cpu().numpy().copy() for n, m in compute_modules(model).items() if m.bias is not None}
+    return {
+        n: m.bias.detach().float().cpu().numpy().copy()
+        for n, m in compute_modules(model).items()
+        if m.bias is not None
+    }
 
 
 @register(
@@ -238,7 +268,11 @@ def nagel(ctx: MethodContext) -> QuantParams:
     weight_clip = choose(ctx, "weight_clip", ("minmax", "mse"))
     act_clip = choose(ctx, "act_clip", ("minmax", "mse"))
     equalized = copy.deepcopy(ctx.folded).to(ctx.device).eval()
-    pairs = cross_layer_equalize(equalized, int(ctx.options.get("cle_iters", 20))) if ctx.options.get("cle", True) else []
+    pairs = (
+        cross_layer_equalize(equalized, int(ctx.options.get("cle_iters", 20)))
+        if ctx.options.get("cle", True)
+        else []
+    )
     weights = clipped_weights(compute_modules(equalized), ctx, weight_clip, per_channel)
     quantized = copy.deepcopy(equalized)
     load_weights(quantized, weights)

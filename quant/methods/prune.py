@@ -47,7 +47,9 @@ def layer_budgets(ctx: MethodContext) -> dict[str, int]:
     rest = ctx.budget_bits - sum(out.values())
     n_free = sum(sizes[n] for n in free)
     if free and rest < 0:
-        raise ValueError(f"budget of {ctx.budget_bits} bits is below the 8-bit first/last layers alone")
+        raise ValueError(
+            f"budget of {ctx.budget_bits} bits is below the 8-bit first/last layers alone"
+        )
     for n in free:
         out[n] = (rest * sizes[n]) // n_free  # integer arithmetic: exact for whole-bit plans
     return out
@@ -75,13 +77,17 @@ def pack_sparse(wq: WeightQuant) -> bytes:
     flat = wq.codes.reshape(-1)
     mask = flat != 0
     head = wq.scale.astype("<f4").tobytes() + wq.bits.astype(np.uint8).tobytes()
-    return np.packbits(mask, bitorder="little").tobytes() + flat[mask].astype(np.int8).tobytes() + head
+    return (
+        np.packbits(mask, bitorder="little").tobytes() + flat[mask].astype(np.int8).tobytes() + head
+    )
 
 
 def unpack_sparse(data: bytes, shape: tuple[int, ...]) -> WeightQuant:
     n, c = int(np.prod(shape)), shape[0]
     mask_bytes = (n + 7) // 8
-    mask = np.unpackbits(np.frombuffer(data[:mask_bytes], np.uint8), bitorder="little")[:n].astype(bool)
+    mask = np.unpackbits(np.frombuffer(data[:mask_bytes], np.uint8), bitorder="little")[:n].astype(
+        bool
+    )
     k = int(mask.sum())
     codes = np.zeros(n, np.int8)
     codes[mask] = np.frombuffer(data[mask_bytes : mask_bytes + k], np.int8)
@@ -107,7 +113,9 @@ def magnitude_mask(w: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.reshape(w.shape).to(w.device)
 
 
-def magnitude_weights(ctx: MethodContext, budgets: dict[str, int]) -> tuple[dict[str, WeightQuant], dict]:
+def magnitude_weights(
+    ctx: MethodContext, budgets: dict[str, int]
+) -> tuple[dict[str, WeightQuant], dict]:
     weights: dict[str, WeightQuant] = {}
     info: dict = {"sparsity": {}, "payload_bits": 0}
     for name, mod in compute_modules(ctx.folded).items():
@@ -151,7 +159,9 @@ def l2_weights(ctx: MethodContext, budgets: dict[str, int]) -> tuple[dict[str, W
     return weights, info
 
 
-def _finish(ctx: MethodContext, name: str, weights: dict[str, WeightQuant], info: dict) -> QuantParams:
+def _finish(
+    ctx: MethodContext, name: str, weights: dict[str, WeightQuant], info: dict
+) -> QuantParams:
     """Bias correction and activation ranges on the pruned int8 model."""
     act_clip = choose(ctx, "act_clip", ("minmax", "mse"))
     reference = copy.deepcopy(ctx.folded).to(ctx.device).eval()
@@ -164,7 +174,11 @@ def _finish(ctx: MethodContext, name: str, weights: dict[str, WeightQuant], info
         biases = module_biases(pruned)
     stats = collect_activation_stats(pruned, ctx.placement, batches, seed=ctx.seed)
     acts = acts_from_ranges(ctx, act_ranges(ctx, stats, act_clip))
-    info = {**info, "budget_bits": ctx.budget_bits, "payload_bytes": math.ceil(info["payload_bits"] / 8)}
+    info = {
+        **info,
+        "budget_bits": ctx.budget_bits,
+        "payload_bytes": math.ceil(info["payload_bits"] / 8),
+    }
     return QuantParams(name, "", weights, acts, biases=biases, info=info)
 
 
