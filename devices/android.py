@@ -4,9 +4,10 @@
 * ``snapshot``: one shell round trip for ``dumpsys thermalservice`` (the thermal HAL's current
   temperatures), ``dumpsys battery`` (battery temperature, tenths of °C) and every CPU's
   ``/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq`` (kHz); the result has the keys of
-  the runner's ``thermal_state`` (temps_c, max_temp_c, freq_mhz, time) plus Android extras;
-* ``run_trial_android``: ``devices.trial.run_trial`` with a snapshot before and after, and the
-  facts, under ``result["env"]["android"]``.
+  the runner's ``thermal_state`` (temps_c, max_temp_c, freq_mhz, at, source) with the Android
+  extras (thermal status, sensor types, battery) under ``android``.
+
+devices/trial.py calls ``facts``/``snapshot`` (as ADBTransport methods) around every trial.
 
 Any object with ``exec(argv, timeout) -> ExecResult`` works (ADBTransport, or LocalTransport
 on a host that has these tools). The parsers are pure functions over the tools' text output.
@@ -14,12 +15,11 @@ on a host that has these tools). The parsers are pure functions over the tools' 
 
 from __future__ import annotations
 
+import datetime
 import re
-import time
 from typing import Protocol
 
 from .transports.base import ExecResult, TransportError
-from .trial import TrialOutcome, TrialSpec, run_trial
 
 
 class _Execs(Protocol):
@@ -44,9 +44,18 @@ FACT_PROPS: dict[str, tuple[str, ...]] = {
 }
 
 # android.os.Temperature.TYPE_* names, for readable reports.
-TEMPERATURE_TYPES = {0: "cpu", 1: "gpu", 2: "battery", 3: "skin", 4: "usb_port",
-                     5: "power_amplifier", 6: "bcl_voltage", 7: "bcl_current",
-                     8: "bcl_percentage", 9: "npu"}
+TEMPERATURE_TYPES = {
+    0: "cpu",
+    1: "gpu",
+    2: "battery",
+    3: "skin",
+    4: "usb_port",
+    5: "power_amplifier",
+    6: "bcl_voltage",
+    7: "bcl_current",
+    8: "bcl_percentage",
+    9: "npu",
+}
 
 _MARK = "@@defakeq:"
 SNAPSHOT_SCRIPT = (
@@ -57,7 +66,9 @@ SNAPSHOT_SCRIPT = (
 )
 
 _PROP_LINE = re.compile(r"^\[([^\]]*)\]: \[(.*)\]\s*$")
-_TEMP = re.compile(r"Temperature\{mValue=(-?[0-9.]+(?:[eE][-+]?\d+)?|NaN), mType=(-?\d+), mName=([^,}]*), mStatus=(-?\d+)\}")
+_TEMP = re.compile(
+    r"Temperature\{mValue=(-?[0-9.]+(?:[eE][-+]?\d+)?|NaN), mType=(-?\d+), mName=([^,}]*), mStatus=(-?\d+)\}"
+)
 _CPUFREQ = re.compile(r"/cpu(\d+)/cpufreq/scaling_cur_freq:\s*(\d+)\s*$")
 
 
@@ -87,7 +98,9 @@ def device_facts(transport: _Execs, timeout: float = 30.0) -> dict:
     """Model, SoC, Android version and ABI from ``getprop``."""
     res = transport.exec(["getprop"], timeout=timeout)
     if res.rc != 0:
-        raise TransportError(f"{transport.name}: getprop failed (exit {res.rc}): {res.stderr.strip()[-300:]}")
+        raise TransportError(
+            f"{transport.name}: getprop failed (exit {res.rc}): {res.stderr.strip()[-300:]}"
+        )
     props = parse_getprop(res.stdout)
     if not props:
         raise TransportError(f"{transport.name}: getprop printed no [key]: [value] lines")
@@ -119,7 +132,9 @@ def parse_thermalservice(text: str) -> dict:
         if m and current:
             value = float(m.group(1))
             if value == value:  # NaN: the sensor is not fitted
-                sections.setdefault(current, []).append((value, int(m.group(2)), m.group(3).strip()))
+                sections.setdefault(current, []).append(
+                    (value, int(m.group(2)), m.group(3).strip())
+                )
     rows = sections.get("hal") or sections.get("cached") or []
     return {
         "status": int(status.group(1)) if status else None,
@@ -159,7 +174,7 @@ def _sections(text: str) -> dict[str, str]:
     current = None
     for line in text.splitlines():
         if line.startswith(_MARK):
-            current = line[len(_MARK):].strip()
+            current = line[len(_MARK) :].strip()
             parts.setdefault(current, [])
         elif current:
             parts[current].append(line)
@@ -176,39 +191,30 @@ def parse_snapshot(text: str) -> dict:
     return {
         "temps_c": temps,
         "max_temp_c": max(temps.values()) if temps else None,
-        "thermal_status": thermal["status"],
-        "thermal_source": thermal["source"],
-        "temp_types": thermal["types"],
-        "battery_temp_c": battery["temp_c"],
-        "battery_level": battery["level"],
         "freq_mhz": parse_cpufreq(sec.get("cpufreq", "")),
+        "source": "dumpsys",
+        # Not temperatures of zones (a level is a percentage): kept apart from temps_c.
+        "android": {
+            "thermal_status": thermal["status"],
+            "thermal_source": thermal["source"],
+            "temp_types": thermal["types"],
+            "battery_temp_c": battery["temp_c"],
+            "battery_level": battery["level"],
+            "battery_voltage_mv": battery["voltage_mv"],
+        },
     }
 
 
 def snapshot(transport: _Execs, timeout: float = 30.0) -> dict:
     """Temperatures and CPU frequencies now, in one round trip."""
-    t = time.time()
+    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     res = transport.exec(["sh", "-c", SNAPSHOT_SCRIPT], timeout=timeout)
     try:
         snap = parse_snapshot(res.stdout)
     except ValueError as exc:
-        raise TransportError(f"{transport.name}: thermal snapshot failed (exit {res.rc}): {exc}; "
-                             f"stderr: {res.stderr.strip()[-300:]}") from exc
-    snap["time"] = t
+        raise TransportError(
+            f"{transport.name}: thermal snapshot failed (exit {res.rc}): {exc}; "
+            f"stderr: {res.stderr.strip()[-300:]}"
+        ) from exc
+    snap["at"] = at
     return snap
-
-
-def run_trial_android(transport: _Execs, spec: TrialSpec, timeout: float = 30.0) -> TrialOutcome:
-    """``run_trial`` with Android facts and a thermal/frequency snapshot before and after."""
-    try:
-        facts = device_facts(transport, timeout)
-        before = snapshot(transport, timeout)
-    except TransportError as exc:
-        return TrialOutcome(False, error=str(exc))
-    outcome = run_trial(transport, spec)
-    try:
-        after = snapshot(transport, timeout)
-    except TransportError as exc:
-        after = {"error": str(exc)}
-    outcome.result.setdefault("env", {})["android"] = {"facts": facts, "before": before, "after": after}
-    return outcome

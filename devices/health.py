@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -164,7 +163,7 @@ def runtime_status(runtime: str, py: dict) -> dict:
     return {"available": True, "version": f"{lite['package']} {lite['version']}", "detail": detail}
 
 
-def _blank(device) -> dict[str, Any]:
+def blank(device) -> dict[str, Any]:
     return {
         "device": device.name,
         "transport": device.transport,
@@ -193,6 +192,19 @@ def probe(
     result["workdir"] = transport.workdir()
     facts = transport.exec(["sh", "-c", SHELL_PROBE], timeout=timeout)
     result.update(parse_shell_probe(facts.stdout))
+    info = python_info(transport, device, result, timeout)
+    for runtime in device.runtimes:
+        status = runtime_status(runtime, info)
+        result["runtimes"][runtime] = status
+        if not status["available"]:
+            result["problems"].append(f"runtime {runtime} unavailable: {status['detail']}")
+    check_affinity(transport, device, result, timeout)
+    add_warnings(result)
+    return result
+
+
+def python_info(transport: Transport, device, result: dict[str, Any], timeout: float) -> dict:
+    """Run PYTHON_PROBE with the device's python; fill python/numpy (or a problem)."""
     py = transport.exec(["python3", "-c", PYTHON_PROBE], timeout=timeout)
     try:
         info = json.loads(py.stdout.strip().splitlines()[-1]) if py.rc == 0 else None
@@ -202,33 +214,44 @@ def probe(
         result["problems"].append(
             f"python {device.python!r} not runnable on the device (exit {py.rc}): {py.stderr.strip()[-200:]}"
         )
-        info = {}
-    else:
-        result["python"] = {
-            "path": device.python,
-            "version": info["version"],
-            "executable": info["executable"],
-        }
-        result["numpy"] = info.get("numpy")
-        if not result["numpy"]:
-            result["problems"].append(f"numpy missing: {info.get('numpy_error')}")
-    for runtime in device.runtimes:
-        status = runtime_status(runtime, info)
-        result["runtimes"][runtime] = status
-        if not status["available"]:
-            result["problems"].append(f"runtime {runtime} unavailable: {status['detail']}")
+        return {}
+    result["python"] = {
+        "path": device.python,
+        "version": info["version"],
+        "executable": info["executable"],
+    }
+    result["numpy"] = info.get("numpy")
+    if not result["numpy"]:
+        result["problems"].append(f"numpy missing: {info.get('numpy_error')}")
+    return info
+
+
+def check_affinity(transport: Transport, device, result: dict[str, Any], timeout: float) -> None:
+    """A pinned device needs `taskset` and the CPUs it names."""
+    cpus = getattr(device, "cpu_affinity", None)
+    if not cpus:
+        return
+    mask = format(sum(1 << c for c in cpus), "x")
+    res = transport.exec(["taskset", mask, "true"], timeout=timeout)
+    if res.rc != 0:
+        result["problems"].append(
+            f"cpu_affinity {cpus}: `taskset {mask} true` failed (exit {res.rc}): "
+            f"{(res.stderr or res.stdout).strip()[-200:]}"
+        )
+
+
+def add_warnings(result: dict[str, Any]) -> None:
     if result.get("max_temp_c") is not None and result["max_temp_c"] >= HOT_C:
         result["warnings"].append(f"hot: {result['max_temp_c']:.1f} C (>= {HOT_C:.0f} C throttles)")
     if result.get("disk_free_mb") is not None and result["disk_free_mb"] < LOW_DISK_MB:
         result["warnings"].append(
             f"low disk in the work folder: {result['disk_free_mb']:.0f} MB free"
         )
-    return result
 
 
 def check_posix(device) -> dict[str, Any]:
     """Health of a device reached through a POSIX transport (local, ssh)."""
-    result = _blank(device)
+    result = blank(device)
     t0 = time.perf_counter()
     transport = None
     try:
@@ -242,13 +265,9 @@ def check_posix(device) -> dict[str, Any]:
         result["error"] = str(exc)
     finally:
         if transport is not None:
-            transport.close()
+            transport.close()  # a local scratch folder made for this check goes with it
             if device.transport == "local" and not device.workdir:
-                try:  # the local transport made a scratch folder for this check only
-                    os.rmdir(transport.workdir())
-                    result["workdir"] = None
-                except OSError:
-                    pass
+                result["workdir"] = None
     result["ok"] = result["reachable"] and not result["problems"] and result["error"] is None
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
@@ -275,7 +294,7 @@ def _resolve(transport: str) -> Callable[[Any], dict]:
 def check(device) -> dict[str, Any]:
     """One device's health; failures land in the dict (`ok`, `error`), never as exceptions."""
     if device.transport not in CHECKS:
-        result = _blank(device)
+        result = blank(device)
         result["error"] = (
             f"no health check for transport {device.transport!r}; known: {sorted(CHECKS)}"
         )
@@ -283,12 +302,39 @@ def check(device) -> dict[str, Any]:
     try:
         fn = _resolve(device.transport)
     except (ImportError, AttributeError) as exc:
-        result = _blank(device)
+        result = blank(device)
         result["error"] = (
             f"health check {CHECKS[device.transport]!r} for {device.transport} not loadable: {exc}"
         )
         return result
     return fn(device)
+
+
+def summary(result: dict[str, Any]) -> dict[str, str]:
+    """One line per column for `defakeq devices check`: reachable, os, cpu/soc, runtimes
+    (with versions), temperature and a note (the error, else problems and warnings)."""
+    os_ = result.get("os") or {}
+    cpu = result.get("cpu") or {}
+    runtimes = []
+    for name, st in (result.get("runtimes") or {}).items():
+        mark = "" if st.get("available") else " (unavailable)"
+        runtimes.append(f"{name} {st.get('version') or ''}".strip() + mark)
+    temp = result.get("max_temp_c")
+    count = f" x{cpu['count']}" if cpu.get("count") else ""
+    note = result.get("error") or "; ".join(
+        [*result.get("problems", []), *result.get("warnings", [])]
+    )
+    return {
+        "name": str(result.get("device", "")),
+        "reachable": "yes" if result.get("reachable") else "no",
+        "os": " / ".join(x for x in (os_.get("name"), os_.get("kernel"), os_.get("machine")) if x)
+        or "-",
+        "cpu/soc": " / ".join(x for x in (cpu.get("soc"), (cpu.get("model") or "") + count) if x)
+        or "-",
+        "runtimes": ", ".join(runtimes) or "-",
+        "temp °C": "-" if temp is None else f"{temp:.1f}",
+        "note": note or ("ok" if result.get("ok") else ""),
+    }
 
 
 def check_all(devices: list, workers: int = 8) -> list[dict[str, Any]]:

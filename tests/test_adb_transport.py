@@ -1,7 +1,8 @@
 """ADBTransport (devices/transports/adb.py) against the ADB test device: key auth, files with
-on-device sha256, exit codes and quoting, Android facts, a full run_trial with the real runner
-(python3 in the phone's PATH is the venv's), a benchmark_model trial on a tiny .tflite, and a
-4 MiB push over an ~8 Mbit/s relay."""
+on-device sha256, exit codes and quoting, Android facts, full trials through the one entry
+point (devices.trial.run_trial): the real runner (python3 in the phone's PATH is the venv's),
+benchmark_model latency with scores from the runner or from benchmark_model per frame, the
+health check, and a 4 MiB push over an ~8 Mbit/s relay."""
 
 from __future__ import annotations
 
@@ -25,12 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from devices.adb.tcp import FastTcpTransport
 from devices.adb.testdevice import AdbTestDevice
-from devices.android import run_trial_android
-from devices.benchmark_model import run_benchmark_model
+from devices.health import check
 from devices.inventory import ADBDevice
 from devices.transports import TransportError, open_transport
 from devices.transports.adb import ADBTransport
-from devices.trial import TrialSpec
+from devices.trial import TrialSpec, run_device_trial, run_trial
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,9 @@ def phone(tmp_path, adbkey):
 
 
 def device_entry(dev: AdbTestDevice, key: Path, **kw) -> ADBDevice:
-    return ADBDevice(name="testphone", transport="adb", address=dev.address, adbkey=str(key),
-                     runtimes=["litert-xnnpack", "litert", "litert-gpu", "onnxruntime-cpu"], **kw)
+    fields = dict(name="testphone", transport="adb", address=dev.address, adbkey=str(key),
+                  runner="python", runtimes=["litert-xnnpack", "litert", "litert-gpu", "onnxruntime-cpu"])
+    return ADBDevice(**{**fields, **kw})
 
 
 @pytest.fixture
@@ -151,15 +152,16 @@ def test_getprop_facts_and_thermal_cpufreq_snapshots(transport, phone):
     assert facts["sdk"] == 34 and facts["abi"] in ("x86_64", "arm64-v8a")
     before = transport.snapshot()
     assert before["temps_c"]["cpu4-gold"] == 44.0 and before["max_temp_c"] == 44.0
-    assert before["battery_temp_c"] == 30.5 and before["thermal_source"] == "hal"
+    assert before["android"]["battery_temp_c"] == 30.5 and before["android"]["thermal_source"] == "hal"
+    assert before["android"]["battery_level"] == 87 and before["source"] == "dumpsys"
     assert before["freq_mhz"]["cpu4"] == 2419.2 and len(before["freq_mhz"]) == 8
     phone.set_temperature("cpu4-gold", 71.25)
     phone.set_temperature("battery", 36.0)
     phone.set_cpu_khz(4, 998400)
     after = transport.snapshot()
     assert after["temps_c"]["cpu4-gold"] == 71.25 and after["max_temp_c"] == 71.25
-    assert after["battery_temp_c"] == 36.0 and after["freq_mhz"]["cpu4"] == 998.4
-    assert after["time"] >= before["time"]
+    assert after["android"]["battery_temp_c"] == 36.0 and after["freq_mhz"]["cpu4"] == 998.4
+    assert after["at"] >= before["at"]  # ISO 8601, UTC
 
 
 def test_max_payload_negotiation_with_adb_shell(tmp_path, adbkey):
@@ -194,7 +196,8 @@ def tiny_onnx(path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return w, b
 
 
-def tiny_tflite(path: Path, rng: np.random.Generator, chw=(3, 16, 16)) -> tuple[np.ndarray, np.ndarray]:
+def tiny_tflite(path: Path, rng: np.random.Generator, chw=(3, 16, 16),
+                input_name: str = "input") -> tuple[np.ndarray, np.ndarray]:
     """RESHAPE + FULLY_CONNECTED written with LiteRT's flatbuffer schema (no converter, no torch)."""
     n_in = int(np.prod(chw))
     w = rng.normal(0, 0.1, size=(2, n_in)).astype(np.float32)
@@ -212,7 +215,7 @@ def tiny_tflite(path: Path, rng: np.random.Generator, chw=(3, 16, 16)) -> tuple[
         t.name, t.shape, t.type, t.buffer = name.encode(), list(shape), kind, buffer(data)
         return t
 
-    tensors = [tensor("input", (1, *chw)), tensor("flat", (1, n_in)), tensor("weights", w.shape, data=w.tobytes()),
+    tensors = [tensor(input_name, (1, *chw)), tensor("flat", (1, n_in)), tensor("weights", w.shape, data=w.tobytes()),
                tensor("bias", b.shape, data=b.tobytes()), tensor("logits", (1, 2)),
                tensor("shape", (2,), tfl.TensorType.INT32, np.array([1, n_in], np.int32).tobytes())]
     codes = []
@@ -252,55 +255,111 @@ def test_run_trial_with_the_real_runner_on_the_phone(transport, phone, tmp_path)
     spec = TrialSpec(model=model, inputs=tmp_path / "x.npy", runtime="onnxruntime-cpu",
                      warmup=2, runs=20, timeout_s=120)
     phone.set_temperature("skin", 35.5)
-    out = run_trial_android(transport, spec)
+    out = run_trial(transport, spec)  # the inventory entry travels with the transport
     assert out.ok, out.error
     res = out.result
     expected = x.reshape(6, -1) @ w.T + b
     assert np.allclose(np.array(res["logits"]), expected, atol=1e-4)
     assert np.allclose(res["scores"], softmax_fake(expected), atol=1e-5)
     assert res["latency"]["n"] == 20 and res["runtime"] == "onnxruntime-cpu"
-    android = res["env"]["android"]
-    assert android["facts"]["model"] == "DeFakeQ ADB Test Device"
-    assert android["before"]["temps_c"]["skin"] == 35.5 and android["after"]["freq_mhz"]["cpu0"] == 1804.8
-    assert set(out.timings) >= {"push_s", "exec_s", "pull_s"}
-    # a second trial sends nothing new: the runner, model and inputs are already there
-    assert run_trial_android(transport, spec).ok
+    env = res["env"]
+    assert env["android"]["model"] == "DeFakeQ ADB Test Device"
+    # the controller's snapshots (thermal HAL via dumpsys) bracket the run
+    assert env["thermal_before"]["source"] == "dumpsys"
+    assert env["thermal_before"]["temps_c"]["skin"] == 35.5 and env["thermal_before"]["max_temp_c"] == 44.0
+    assert env["thermal_after"]["freq_mhz"]["cpu0"] == 1804.8
+    assert env["runner_thermal_before"]["source"] == "sysfs"  # what the runner itself could read
+    assert out.timings["pushed"] and out.timings["execs"] == 2  # launch (3 missing), push, launch
+    # a second trial sends nothing new and is one launcher command
+    again = run_trial(transport, spec)
+    assert again.ok and again.timings["pushed"] == [] and again.timings["execs"] == 1
     names = sorted(p.name for p in phone.host_path("/data/local/tmp/defakeq").iterdir())
-    assert len([n for n in names if n.startswith("model-")]) == 1 and not any(n.startswith("result-") for n in names)
+    assert len([n for n in names if n.startswith("model-")]) == 1
+    assert not any(n.startswith(("result-", "settings-")) or ".part" in n for n in names)
 
 
-def test_benchmark_model_trial_on_a_tiny_tflite(transport, phone, tmp_path, adbkey):
+def test_onnx_on_a_phone_without_python_is_refused(phone, adbkey):
+    with pytest.raises(ValueError, match="runner: python"):
+        device_entry(phone, adbkey, runner="benchmark_model")
+
+
+def test_benchmark_model_latency_with_per_frame_scores(phone, adbkey, tmp_path):
     rng = np.random.default_rng(3)
     model = tmp_path / "tiny.tflite"
-    w, b = tiny_tflite(model, rng)
+    w, b = tiny_tflite(model, rng, input_name="serving_default_x:0")  # a ':' to escape
     x = rng.normal(size=(3, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "frames.npy", x)
-    dev = device_entry(phone, adbkey)
-    res = run_benchmark_model(transport, dev, model, "litert-xnnpack", {
-        "threads": 1, "warmup": 3, "warmup_min_secs": 0, "runs": 40, "min_secs": 0,
-        "accuracy": True, "inputs": str(tmp_path / "frames.npy"), "max_frames": 3})
-    assert res["status"] == "ok", res.get("error")
-    lat = res["latency"]
-    assert lat["n"] >= 40 and lat["warmup"] >= 3 and lat["source"] == "benchmark_model"
-    assert lat["p90"] is None and lat["p99"] is None  # benchmark_model does not print them
-    assert lat["p50"] is not None and lat["min"] <= lat["p50"] <= lat["max"]
-    assert lat["mean"] == pytest.approx(res["benchmark_model"]["inference_avg_us"] / 1000)
-    assert res["benchmark_model"]["memory"]["peak_mb"] > 0
-    assert "--use_xnnpack=true" in res["command"] and "--num_threads=1" in res["command"]
-    assert res["env"]["thermal_before"]["max_temp_c"] == 44.0 and "freq_mhz" in res["env"]["thermal_after"]
-    assert res["env"]["android"]["soc"] == "PySoC-1"
-    expected = x.reshape(3, -1) @ w.T + b
+    dev = device_entry(phone, adbkey, runner="benchmark_model", runtimes=["litert-xnnpack", "litert-gpu"])
+    t = open_transport(dev)
+    try:
+        phone.set_temperature("cpu4-gold", 52.0)
+        spec = TrialSpec(model=model, inputs=tmp_path / "frames.npy", runtime="litert-xnnpack",
+                         threads=1, warmup=3, runs=40, timeout_s=120)
+        out = run_device_trial(dev, t, spec)
+        assert out.ok, out.error
+        res = out.result
+        lat = res["latency"]
+        assert lat["n"] >= 40 and lat["warmup"] >= 3 and lat["source"] == "benchmark_model"
+        assert lat["p90"] is None and lat["p99"] is None  # benchmark_model does not print them
+        assert lat["p50"] is not None and lat["min"] <= lat["p50"] <= lat["max"]
+        assert lat["mean"] == pytest.approx(res["benchmark_model"]["inference_avg_us"] / 1000)
+        assert res["benchmark_model"]["memory"]["peak_mb"] > 0
+        assert "--use_xnnpack=true" in res["command"] and "--num_threads=1" in res["command"]
+        assert "--warmup_runs=3" in res["command"] and "--num_runs=40" in res["command"]
+        assert res["env"]["thermal_before"]["max_temp_c"] == 52.0 and "freq_mhz" in res["env"]["thermal_after"]
+        assert res["env"]["android"]["soc"] == "PySoC-1"
+        assert res["runtime_version"].startswith("benchmark_model sha256:")
+        assert res["env"]["accuracy_runner"] == {"runner": "benchmark_model"}
+        expected = x.reshape(3, -1) @ w.T + b
+        assert np.allclose(np.array(res["logits"]), expected, atol=1e-4)
+        assert np.allclose(res["scores"], softmax_fake(expected), atol=1e-5)
+        work = phone.host_path("/data/local/tmp/defakeq")
+        assert not list(work.glob("in-*")) and not list(work.glob("out-*"))  # scratch removed
+        bad = run_device_trial(dev, t, TrialSpec(model=model, inputs=tmp_path / "frames.npy",
+                                                 runtime="litert-gpu", runs=1, timeout_s=60))
+        assert not bad.ok and "GPU" in bad.error  # the stand-in has no GPU delegate
+        wrong = run_device_trial(dev, t, TrialSpec(model=model, inputs=tmp_path / "frames.npy",
+                                                   runtime="onnxruntime-cpu", runs=1))
+        assert not wrong.ok and "runner: python" in wrong.error
+        gone = dev.model_copy(update={"benchmark_model": "/data/local/tmp/nothing/benchmark_model"})
+        res = run_device_trial(gone, t, spec)
+        assert not res.ok and "no executable benchmark_model" in res.error
+    finally:
+        t.close()
+
+
+def test_benchmark_model_latency_with_python_scores(transport, phone, adbkey, tmp_path):
+    rng = np.random.default_rng(4)
+    model = tmp_path / "tiny.tflite"
+    w, b = tiny_tflite(model, rng)
+    x = rng.normal(size=(5, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "frames.npy", x)
+    spec = TrialSpec(model=model, inputs=tmp_path / "frames.npy", runtime="litert",
+                     warmup=2, runs=20, timeout_s=120)
+    out = run_trial(transport, spec)
+    assert out.ok, out.error
+    res = out.result
+    assert res["latency"]["source"] == "benchmark_model" and res["latency"]["n"] >= 20
+    assert res["env"]["accuracy_runner"]["runner"] == "python"
+    expected = x.reshape(5, -1) @ w.T + b
     assert np.allclose(np.array(res["logits"]), expected, atol=1e-4)
-    assert np.allclose(res["scores"], softmax_fake(expected), atol=1e-5)
-    bad = run_benchmark_model(transport, dev, model, "litert-gpu", {"runs": 1})
-    assert bad["status"] == "error" and "GPU" in bad["error"]  # the stand-in has no GPU delegate
-    with pytest.raises(ValueError, match="allowed"):
-        run_benchmark_model(transport, dev, model, "onnxruntime-cpu")
-    with pytest.raises(ValueError, match="not in its inventory runtimes"):
-        run_benchmark_model(transport, dev, model, "litert-nnapi")
-    gone = device_entry(phone, adbkey, benchmark_model="/data/local/tmp/nothing/benchmark_model")
-    res = run_benchmark_model(transport, gone, model, "litert")
-    assert res["status"] == "error" and "no executable benchmark_model" in res["error"]
+    assert res["accuracy_s"] > 0 and out.timings["overhead_s"] >= 0
+
+
+def test_health_check_of_the_phone(phone, adbkey):
+    h = check(device_entry(phone, adbkey, runtimes=["litert-xnnpack", "onnxruntime-cpu", "onnxruntime-cuda"]))
+    assert h["reachable"] and h["error"] is None, h
+    assert h["os"]["name"] == "Android 14 (SDK 34)" and h["cpu"]["soc"] == "DeFakeQ PySoC-1"
+    assert h["max_temp_c"] == 44.0 and h["temps_c"]["battery"] == 30.5
+    assert h["benchmark_model"]["sha256"] and h["runtimes"]["litert-xnnpack"]["available"]
+    assert h["runtimes"]["litert-xnnpack"]["version"].startswith("benchmark_model sha256:")
+    assert h["runtimes"]["onnxruntime-cpu"]["available"] and h["python"]["version"]
+    assert not h["runtimes"]["onnxruntime-cuda"]["available"] and not h["ok"]
+    missing = check(device_entry(phone, adbkey, runtimes=["litert"],
+                                 benchmark_model="/data/local/tmp/none/benchmark_model"))
+    assert not missing["ok"] and "no executable benchmark_model" in missing["problems"][0]
+    gone = check(device_entry(phone, adbkey).model_copy(update={"address": "127.0.0.1:1"}))
+    assert not gone["reachable"] and "cannot connect" in gone["error"]
 
 
 # --- slow link -----------------------------------------------------------------------------------

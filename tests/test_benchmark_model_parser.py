@@ -141,5 +141,10 @@ def test_bad_runtime_and_settings_are_clear_errors():
         check_settings({"runz": 3})
     with pytest.raises(ValueError, match="min_secs"):
         check_settings({"min_secs": -1})
-    with pytest.raises(ValueError, match="':'"):
-        build_command("b", "m.tflite", "litert", {}, {"in:put": "x.bin"})
+    with pytest.raises(ValueError, match="','"):
+        build_command("b", "m.tflite", "litert", {}, {"in,put": "x.bin"})
+    with pytest.raises(ValueError, match="','"):
+        build_command("b", "m.tflite", "litert", {}, {"input": "a:b.bin"})
+    # a ':' in a tensor name is escaped the way the tool splits its items ("name\:0:path")
+    io = build_command("b", "m.tflite", "litert", {}, {"serving_default_x:0": "in.bin"})
+    assert io[-1] == "--input_layer_value_files=serving_default_x\\:0:in.bin"

@@ -177,7 +177,14 @@ def add_or_skip(fleet: Fleet, i: int) -> Board:
 
 
 def runner_pids(server: sshd_support.SSHServer) -> list[int]:
-    return [p for p in server.session_pids() if "defakeq_runner" in sshd_support.cmdline(p)]
+    """The board's runner processes: python running defakeq_runner-*.py (not the launcher,
+    `sh -c … defakeq_runner-*.py …`, whose first run only reports missing files)."""
+    pids = []
+    for p in server.session_pids():
+        argv = sshd_support.cmdline(p).split()
+        if len(argv) > 1 and "python" in argv[0] and argv[1].startswith("defakeq_runner"):
+            pids.append(p)
+    return pids
 
 
 def test_fleet_parallel_trials_healthy_slowed_killed(fleet, tmp_path):
@@ -224,7 +231,7 @@ def test_fleet_parallel_trials_healthy_slowed_killed(fleet, tmp_path):
     assert victim is not None
     while not runner_pids(victim) and time.monotonic() - start < 30:
         time.sleep(0.05)
-    assert runner_pids(victim), "board 3's runner never started"
+    assert runner_pids(victim), f"board 3's runner never started: {outcomes}"
     time.sleep(0.3)  # mid-trial: the runner is inside its timed loop
     killed_at = time.monotonic()
     victim.kill()

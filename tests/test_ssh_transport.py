@@ -96,11 +96,16 @@ def reference_scores(weights: dict, x: np.ndarray) -> np.ndarray:
 def test_connect_creates_hostile_workdir(sshd_server, tmp_path):
     wd = tmp_path / "a b" / "$(touch pwned);'q\"" / "deep"
     with transport_for(sshd_server, wd) as t:
-        assert t.workdir() == str(wd)
-        assert wd.is_dir()
+        assert t.workdir() == str(wd)  # absolute: no command spent on it at connect time
         res = t.exec(["pwd"], timeout=10)
-        assert res.rc == 0 and res.stdout.strip() == str(wd)
-    assert not list(tmp_path.rglob("pwned"))
+        assert res.rc == 0 and res.stdout.strip() == str(wd) and wd.is_dir()
+    up = tmp_path / "up;$(touch pwned2)" / "x y"  # an upload before any command creates it too
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"data")
+    with transport_for(sshd_server, up) as t:
+        t.put(src, "f.bin")
+        assert (up / "f.bin").read_bytes() == b"data"
+    assert not list(tmp_path.rglob("pwned*"))
 
 
 def test_unknown_host_key_rejected_by_default(sshd_server, tmp_path):
@@ -226,6 +231,7 @@ HOSTILE = [
 
 def test_hostile_names_are_quoted(ssh, tmp_path):
     wd = Path(ssh.workdir())
+    wd.mkdir(parents=True, exist_ok=True)  # the transport creates it on first use
     (wd / "canary").write_text("alive")
     for i, name in enumerate(HOSTILE):
         src = tmp_path / f"src{i}"

@@ -1252,10 +1252,11 @@ def benchmark_model_main(argv: list[str]) -> int:
 
     files: dict[str, str] = {}
     for item in filter(None, str(flags.get("input_layer_value_files") or "").split(",")):
-        name, sep, path = item.rpartition(":")
-        if not sep:
+        # As the real tool: the name ends at the first ':' not escaped as '\:'.
+        m = re.fullmatch(r"((?:[^:\\]|\\:|\\(?!:))*):(.*)", item, re.S)
+        if not m:
             return error(f"--input_layer_value_files item {item!r}: expected name:path")
-        files[name] = path
+        files[m.group(1).replace("\\:", ":")] = m.group(2)
     rng = np.random.default_rng(0)
     for d in it.get_input_details():
         shape, dtype = tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"])

@@ -7,15 +7,20 @@ a Jetson or a phone with Python has. It is copied to the device as a single file
 import anything of the project.
 
     python3 defakeq_runner.py --settings settings.json
+    python3 defakeq_runner.py --settings-json '{"model": "m.onnx", ...}' --out -
     python3 defakeq_runner.py --model m.onnx --inputs x.npy --out result.json --runs 200
 
 Output: {"status": "ok", "scores": [...], "logits": [[...]], "latency": {...}, "env": {...}}
-Exit code 0 on success, 3 on a runtime/model error (the JSON then has status "error").
+written to --out, or with `--out -` to stdout between RESULT_BEGIN/RESULT_END marker lines
+(what the controller reads: no result file to pull, nothing to clean up).
+Exit code 0 on success, 3 on a runtime/model error (the JSON then has status "error"; a file
+whose sha256 is not the expected one gives error_kind "sha256_mismatch" and is never loaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import hashlib
 import json
@@ -25,9 +30,19 @@ import socket
 import sys
 import time
 
-import numpy as np
+# As a program, numpy does nothing heavy here: BLAS thread pools only cost start-up time and
+# would compete with the runtime being measured. Set before numpy is imported, and only when
+# run as a program (imported, this module must not change its host's threading); the user's
+# values win.
+if __name__ == "__main__":
+    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # not OMP_*: runtimes may use it
+        os.environ.setdefault(_var, "1")
 
-RUNNER_VERSION = 1
+import numpy as np  # noqa: E402
+
+RUNNER_VERSION = 2
+RESULT_BEGIN = "@@DEFAKEQ_RESULT_BEGIN@@"
+RESULT_END = "@@DEFAKEQ_RESULT_END@@"
 
 DEFAULTS = {
     "model": None,
@@ -42,11 +57,14 @@ DEFAULTS = {
     "accuracy": True,
     "batch": 1,
     "latency_input": 0,
-    "expect_sha256": None,
+    "expect_sha256": None,  # the model's sha256: checked before the model is opened
+    "expect_inputs_sha256": None,
+    "evict_on_mismatch": False,  # delete a file whose hash is wrong (content-addressed caches)
     "cooldown_s": 0.0,  # fixed wait before the timed runs
     "cooldown_temp_c": None,  # or: wait until every thermal zone is below this ...
     "cooldown_max_s": 120.0,  # ... for at most this long
     "keep_samples": True,
+    "max_samples": 20000,  # kept samples are thinned (evenly) beyond this; statistics use all
 }
 
 
@@ -71,7 +89,13 @@ def thermal_state() -> dict:
         f = _read(os.path.join(cpu, "cpufreq", "scaling_cur_freq"))
         if f and f.isdigit():
             freqs[os.path.basename(cpu)] = int(f) / 1000.0
-    return {"temps_c": zones, "max_temp_c": max(zones.values()) if zones else None, "freq_mhz": freqs, "time": time.time()}
+    return {
+        "temps_c": zones,
+        "max_temp_c": max(zones.values()) if zones else None,
+        "freq_mhz": freqs,
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "source": "sysfs",
+    }
 
 
 def cpu_model() -> str:
@@ -96,6 +120,7 @@ def environment() -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "device_model": (_read("/proc/device-tree/model") or "").strip("\x00") or None,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
 
 
@@ -287,19 +312,61 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def run(settings: dict) -> dict:
-    result: dict = {"runner_version": RUNNER_VERSION, "status": "ok", "settings": {k: v for k, v in settings.items() if k != "out"}}
+class HashMismatch(RuntimeError):
+    """A file on the device is not the one the controller sent; it is never loaded."""
+
+
+def verify(path: str, expected: str | None, what: str, evict: bool) -> str:
+    digest = sha256_file(path)
+    if expected and digest != expected:
+        note = ""
+        if evict:
+            try:
+                os.remove(path)
+                note = "; removed it so that the next trial sends it again"
+            except OSError as exc:
+                note = f"; could not remove it: {exc}"
+        raise HashMismatch(
+            f"{what} sha256 mismatch: expected {expected}, {path} has {digest}; refusing to run{note}"
+        )
+    return digest
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc): interpreter + imports, at main()."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK")), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run(settings: dict, started: float | None = None) -> dict:
+    """One trial: verify, open, score every frame, cool down, then the timed runs.
+
+    `phases_s` says where the time went (what a trial costs beyond its timed runs)."""
+    phases: dict = {"startup": started}
+    result: dict = {"runner_version": RUNNER_VERSION, "status": "ok", "settings": {k: v for k, v in settings.items() if k != "out"}, "phases_s": phases}
+    t = time.perf_counter()
     result["env"] = environment()
-    model_sha = sha256_file(settings["model"])
-    result["model_sha256"] = model_sha
-    if settings["expect_sha256"] and model_sha != settings["expect_sha256"]:
-        raise RuntimeError(f"model sha256 mismatch: expected {settings['expect_sha256']}, file has {model_sha}; refusing to run")
+    evict = bool(settings["evict_on_mismatch"])
+    result["model_sha256"] = verify(settings["model"], settings["expect_sha256"], "model", evict)
+    if settings["expect_inputs_sha256"]:
+        verify(settings["inputs"], settings["expect_inputs_sha256"], "inputs", evict)
+    phases["verify"] = round(time.perf_counter() - t, 4)
+    t = time.perf_counter()
     model = open_model(settings["model"], settings["runtime"], int(settings["threads"]))
     result["runtime"] = model.name
     result["runtime_version"] = model.version
     result["io"] = model.io
+    phases["open"] = round(time.perf_counter() - t, 4)
+    t = time.perf_counter()
     x = np.load(settings["inputs"]).astype(np.float32)
     result["n_frames"] = int(x.shape[0])
+    phases["inputs"] = round(time.perf_counter() - t, 4)
     if settings["accuracy"]:
         t = time.perf_counter()
         logits = score_all(model, x, int(settings["batch"]))
@@ -310,12 +377,17 @@ def run(settings: dict) -> dict:
     result["env"]["thermal_before"] = thermal_state()
     idx = int(settings["latency_input"]) % max(1, len(x))
     if int(settings["runs"]) > 0:
+        t = time.perf_counter()
         samples = time_runs(model, x[idx : idx + 1], settings)
+        wall = time.perf_counter() - t
         result["latency"] = percentiles(samples)
         result["latency"]["warmup"] = int(settings["warmup"])
         result["latency"]["total_s"] = float(sum(samples) / 1000.0)
+        phases["warmup_and_loop"] = round(wall - result["latency"]["total_s"], 4)
         if settings["keep_samples"]:
-            result["latency"]["samples_ms"] = samples
+            stride = -(-len(samples) // max(1, int(settings["max_samples"])))
+            result["latency"]["samples_ms"] = samples[::stride]
+            result["latency"]["samples_stride"] = stride
     result["env"]["thermal_after"] = thermal_state()
     return result
 
@@ -323,6 +395,7 @@ def run(settings: dict) -> dict:
 def parse_args(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--settings", help="JSON file with any of the settings below")
+    p.add_argument("--settings-json", help="the same settings as one JSON string")
     for key, default in DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(default, bool):
@@ -333,12 +406,23 @@ def parse_args(argv: list[str]) -> dict:
             p.add_argument(flag, dest=key, default=None)
     args = p.parse_args(argv)
     settings = dict(DEFAULTS)
-    if args.settings:
-        with open(args.settings) as f:
-            loaded = json.load(f)
+    sources = [(args.settings, None)] if args.settings else []
+    if args.settings_json is not None:
+        sources.append(("--settings-json", args.settings_json))
+    for where, text in sources:
+        try:
+            if text is None:
+                with open(where) as f:
+                    loaded = json.load(f)
+            else:
+                loaded = json.loads(text)
+        except (OSError, ValueError) as exc:
+            p.error(f"{where}: cannot read settings: {exc}")
+        if not isinstance(loaded, dict):
+            p.error(f"{where}: settings must be a JSON object")
         unknown = set(loaded) - set(DEFAULTS)
         if unknown:
-            p.error(f"{args.settings}: unknown settings {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+            p.error(f"{where}: unknown settings {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
         settings.update(loaded)
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     for key in ("model", "inputs"):
@@ -350,13 +434,21 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = process_age_s()
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        result = run(settings)
+        result = run(settings, started)
         code = 0
     except Exception as exc:  # report every runtime failure as JSON: the controller records it
-        result = {"runner_version": RUNNER_VERSION, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        kind = "sha256_mismatch" if isinstance(exc, HashMismatch) else "runtime"
+        result = {"runner_version": RUNNER_VERSION, "status": "error", "error_kind": kind,
+                  "error": f"{type(exc).__name__}: {exc}"}
         code = 3
+    if settings["out"] == "-":
+        # One write, on lines of its own: whatever a runtime printed stays outside the markers.
+        sys.stdout.write(f"\n{RESULT_BEGIN}\n{json.dumps(result)}\n{RESULT_END}\n")
+        sys.stdout.flush()
+        return code
     tmp = settings["out"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)
@@ -366,4 +458,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and flushed: skip the interpreter's teardown (unloading the runtime,
+    # joining its thread pools), tens of ms per trial that nobody waits for usefully.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

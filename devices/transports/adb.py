@@ -124,7 +124,7 @@ class ADBTransport:
     def from_device(cls, device) -> ADBTransport:
         return cls(name=device.name, address=device.address, adbkey=device.adbkey,
                    workdir=device.workdir or "/data/local/tmp/defakeq", python=device.python,
-                   connect_timeout_s=device.connect_timeout_s)
+                   connect_timeout_s=device.connect_timeout_s, io_timeout_s=device.io_timeout_s)
 
     # -- connection ------------------------------------------------------------------------
     def connect(self) -> None:
@@ -272,7 +272,9 @@ class ADBTransport:
         info = self.remote_info(remote_name)
         return info[0] if info else None
 
-    def put(self, local: Path, remote_name: str, sha256: str | None = None) -> str:
+    def put(self, local: Path, remote_name: str, sha256: str | None = None,
+            verify: bool = True) -> str:
+        # Always verified, whatever `verify` says: the sync service carries no checksum.
         local = Path(local)
         dest = self._path(remote_name)
         digest = sha256_file(local)
@@ -352,3 +354,70 @@ class ADBTransport:
         from .. import android
 
         return android.snapshot(self, timeout=self.io_timeout_s)
+
+
+def health_check(device) -> dict:
+    """`defakeq devices check` for an ADB device (health.CHECKS["adb"]): reachability, Android
+    version and SoC (getprop), kernel and CPUs (the POSIX probe), temperatures from the thermal
+    HAL (dumpsys), benchmark_model (present, its sha256), and Python + runtimes where the
+    inventory says the phone runs the Python runner."""
+    from .. import health
+    from ..benchmark_model import RUNTIME_FLAGS
+    from ..inventory import runtime_format
+
+    result = health.blank(device)
+    t0 = time.perf_counter()
+    transport = ADBTransport.from_device(device)
+    timeout = min(health.PROBE_TIMEOUT_S, device.timeout_s)
+    try:
+        transport.connect()
+        result["connect_s"] = round(time.perf_counter() - t0, 4)
+        t = time.perf_counter()
+        res = transport.exec(["true"], timeout=timeout)
+        result["rtt_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        result["reachable"] = res.rc == 0
+        result["workdir"] = transport.workdir()
+        result.update(health.parse_shell_probe(
+            transport.exec(["sh", "-c", health.SHELL_PROBE], timeout=timeout).stdout))
+        facts = transport.facts()
+        result["android"] = facts
+        result["os"]["name"] = f"Android {facts.get('android_version')} (SDK {facts.get('sdk')})"
+        result["os"]["machine"] = facts.get("abi") or result["os"].get("machine")
+        result["cpu"]["soc"] = " ".join(x for x in (facts.get("soc_manufacturer"), facts.get("soc")) if x) or None
+        result["device_model"] = " ".join(x for x in (facts.get("manufacturer"), facts.get("model")) if x)
+        snap = transport.snapshot()  # the HAL's view; sysfs zones are often unreadable on phones
+        if snap["temps_c"]:
+            result["temps_c"], result["max_temp_c"] = snap["temps_c"], snap["max_temp_c"]
+        result["thermal"] = snap
+        binary = device.benchmark_model
+        probe = transport.exec(["sh", "-c", 'test -x "$1" && sha256sum < "$1"', "probe", binary],
+                               timeout=timeout)
+        tool = probe.stdout.split()[0] if probe.rc == 0 and probe.stdout.split() else None
+        result["benchmark_model"] = {"path": binary, "sha256": tool}
+        info = health.python_info(transport, device, result, timeout) if device.runner == "python" else {}
+        for runtime in device.runtimes:
+            if runtime_format(runtime) == "tflite" and runtime in RUNTIME_FLAGS:
+                status = {"available": tool is not None,
+                          "version": f"benchmark_model sha256:{tool[:16]}" if tool else None,
+                          "detail": (f"benchmark_model {' '.join(RUNTIME_FLAGS[runtime]) or '(CPU default)'}"
+                                     + ("; delegate loaded at trial time" if runtime in ("litert-gpu", "litert-nnapi") else ""))
+                          if tool else f"no executable benchmark_model at {binary} (inventory key: benchmark_model)"}
+                if tool and device.runner == "python" and runtime in ("litert", "litert-xnnpack"):
+                    scorer = health.runtime_status(runtime, info)
+                    if not scorer["available"]:
+                        status = {**status, "available": False,
+                                  "detail": f"runner: python scores frames, but {scorer['detail']}"}
+            else:
+                status = health.runtime_status(runtime, info)
+            result["runtimes"][runtime] = status
+            if not status["available"]:
+                result["problems"].append(f"runtime {runtime} unavailable: {status['detail']}")
+        health.check_affinity(transport, device, result, timeout)
+        health.add_warnings(result)
+    except (TransportError, ValueError) as exc:
+        result["error"] = str(exc)
+    finally:
+        transport.close()
+    result["ok"] = result["reachable"] and not result["problems"] and result["error"] is None
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result

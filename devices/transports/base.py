@@ -30,9 +30,12 @@ class Transport(Protocol):
     def workdir(self) -> str:
         """Absolute path of the device-side folder trials use."""
 
-    def put(self, local: Path, remote_name: str, sha256: str | None = None) -> str:
-        """Copy `local` into the work folder as `remote_name` (atomically, checksum verified);
-        returns the device-side path."""
+    def put(
+        self, local: Path, remote_name: str, sha256: str | None = None, verify: bool = True
+    ) -> str:
+        """Copy `local` into the work folder as `remote_name` (atomically, checksum verified on
+        the device); returns the device-side path. verify=False lets a transport skip its own
+        device-side hash when the caller verifies the content there before using it."""
 
     def get(self, remote_name: str, local: Path) -> Path:
         """Copy `remote_name` from the work folder to `local`."""

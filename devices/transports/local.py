@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,14 +17,20 @@ from .base import ExecResult, TransportError, sha256_file
 class LocalTransport:
     def __init__(self, name: str = "local", workdir: str | None = None, python: str | None = None):
         self.name = name
-        self._dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="defakeq-local-"))
+        self._owned = not workdir  # a scratch folder of ours: removed on close
+        self._dir = Path(workdir).expanduser().resolve() if workdir else Path(tempfile.mkdtemp(prefix="defakeq-local-"))
         self._dir.mkdir(parents=True, exist_ok=True)
         self.python = python or sys.executable
 
     def workdir(self) -> str:
         return str(self._dir)
 
-    def put(self, local: Path, remote_name: str, sha256: str | None = None) -> str:
+    def put(
+        self, local: Path, remote_name: str, sha256: str | None = None, verify: bool = True
+    ) -> str:
+        # A local copy is cheap to hash: always verified, whatever `verify` says.
+        if not remote_name or "/" in remote_name or remote_name in (".", ".."):
+            raise TransportError(f"{self.name}: bad file name {remote_name!r}: one path component")
         dest = self._dir / remote_name
         tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(local, tmp)
@@ -35,6 +42,8 @@ class LocalTransport:
         return str(dest)
 
     def get(self, remote_name: str, local: Path) -> Path:
+        if not remote_name or "/" in remote_name or remote_name in (".", ".."):
+            raise TransportError(f"{self.name}: bad file name {remote_name!r}: one path component")
         src = self._dir / remote_name
         if not src.is_file():
             raise TransportError(f"{self.name}: {remote_name} not found in {self._dir}")
@@ -46,16 +55,30 @@ class LocalTransport:
         return path.is_file() and sha256_file(path) == sha256
 
     def exec(self, argv: list[str], timeout: float) -> ExecResult:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise TransportError(f"{self.name}: exec needs a non-empty list of strings, got {argv!r}")
         t = time.perf_counter()
-        argv = [self.python if a == "python3" else a for a in argv]
+        argv = [self.python if argv[0] == "python3" else argv[0], *argv[1:]]
         try:
-            p = subprocess.run(argv, cwd=self._dir, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise TransportError(f"{self.name}: command timed out after {timeout:.0f} s", transient=True) from exc
-        return ExecResult(p.returncode, p.stdout, p.stderr, time.perf_counter() - t)
+            # Its own session: a timeout ends everything the command started, not just the child.
+            p = subprocess.Popen(argv, cwd=self._dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        except (FileNotFoundError, PermissionError) as exc:
+            return ExecResult(127, "", f"{argv[0]}: cannot run: {exc}", time.perf_counter() - t)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.communicate()
+            raise TransportError(f"{self.name}: command timed out after {timeout:g} s", transient=True) from None
+        return ExecResult(p.returncode, out, err, time.perf_counter() - t)
 
     def close(self) -> None:
-        pass
+        if self._owned:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     @classmethod
     def from_device(cls, device) -> LocalTransport:
