@@ -119,6 +119,10 @@ def fp32_reference(df: pd.DataFrame, cells: pd.DataFrame) -> dict[tuple[str, str
 
 def _thermal(env: dict, extra: dict, key: str) -> float | str | None:
     v = extra.get(key, env.get(key))
+    if isinstance(v, dict) and "max_temp_c" in v:  # a devices/ snapshot: the hottest zone
+        return _num(v["max_temp_c"])
+    if isinstance(v, dict) and isinstance(v.get("temps_c"), dict):
+        v = v["temps_c"]
     if isinstance(v, dict):  # per thermal zone: the hottest zone is what throttles
         nums = [_num(x) for x in v.values()]
         nums = [x for x in nums if x is not None]
