@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .export.base import sha256_file
 
-EXPORT_CODE_VERSION = 1
+EXPORT_CODE_VERSION = 2  # 2: narrow grids clamp after Q/DQ, Relu/Clip kept when the grid needs it
 QUANT_CODE_VERSION = 1
 
 

@@ -21,9 +21,16 @@ import torch
 from devices.runner.defakeq_runner import open_model, score_all, softmax_fake
 from quant import METHODS, QuantParams, QuantResult, build_sim, fold_bn, place, quantize
 
-from .cache import EXPORT_CODE_VERSION, QUANT_CODE_VERSION, Cache, CorruptEntry, key_of, tool_versions
+from .cache import (
+    EXPORT_CODE_VERSION,
+    QUANT_CODE_VERSION,
+    Cache,
+    CorruptEntry,
+    key_of,
+    tool_versions,
+)
 from .detectors import DETECTORS, load_deepfakebench_checkpoint
-from .export import EXPORTERS, Artifact, CannotRepresent, ExportRequest
+from .export import EXPORTERS, Artifact, CannotRepresent, ExportRequest, exporter_identity
 from .metrics import parity
 from .plan import ExportJob, QuantJob
 from .suite import DetectorEntry, Suite
@@ -129,8 +136,8 @@ def _quantize(suite: Suite, ref: DetectorRef, model, qjob: QuantJob, cache: Cach
 
 def _export(suite: Suite, ref: DetectorRef, qres: QuantResult, job: ExportJob, cache: Cache, say) -> Artifact:
     ident = qres.params.code_hash() if qres.params else ref.key
-    key = key_of({"model": ident, "weights": ref.key, "format": job.format, "size": ref.input_size,
-                  "tools": tool_versions(), "v": EXPORT_CODE_VERSION})
+    key = key_of({"model": ident, "weights": ref.key, "format": job.format, "exporter": exporter_identity(job.format),
+                  "size": ref.input_size, "tools": tool_versions(), "v": EXPORT_CODE_VERSION})
     try:
         rec = cache.lookup("artifacts", key)
     except CorruptEntry as exc:

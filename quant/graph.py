@@ -41,9 +41,27 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
+def _decompose_silu(gm: fx.GraphModule) -> None:
+    """SiLU -> x * sigmoid(x): runtimes quantize the sigmoid and the product separately, so the
+    simulation must see both tensors (ONNX exports SiLU as Sigmoid + Mul)."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        is_silu = (node.op == "call_module" and isinstance(modules.get(node.target), nn.SiLU)) or (
+            node.op == "call_function" and node.target is F.silu)
+        if not is_silu:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            sig = gm.graph.call_function(torch.sigmoid, (x,))
+            mul = gm.graph.call_function(operator.mul, (x, sig))
+        node.replace_all_uses_with(mul)
+        gm.graph.erase_node(node)
+
+
 def fold_bn(model: nn.Module) -> fx.GraphModule:
     """Trace `model` and fold every BatchNorm that directly follows a conv/linear into it."""
     gm = copy.deepcopy(trace(model))
+    _decompose_silu(gm)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -159,8 +177,29 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return "none"  # get_attr, output
 
 
+_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda"}
+_SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device", "__len__"}
+
+
+def non_tensor_nodes(gm: fx.GraphModule) -> set[str]:
+    """Nodes computing shapes, sizes or other Python values (e.g. ViT's `x.shape[0]`): they are
+    never quantized. A node is non-tensor if it reads a shape, or if all its node inputs are."""
+    out: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS:
+            out.add(node.name)
+        elif node.op == "call_method" and node.target in _SHAPE_METHODS:
+            out.add(node.name)
+        elif node.op in ("call_function", "call_method"):
+            inputs = [a for a in node.all_input_nodes]
+            if inputs and all(a.name in out for a in inputs):
+                out.add(node.name)
+    return out
+
+
 def place(gm: fx.GraphModule) -> Placement:
     modules = dict(gm.named_modules())
+    scalars = non_tensor_nodes(gm)
     points: list[str] = []
     grid_of: dict[str, str] = {}
     reround: list[str] = []
@@ -168,6 +207,8 @@ def place(gm: fx.GraphModule) -> Placement:
     inputs: list[str] = []
     fused_into: dict[str, str] = {}  # producer node -> its fused relu node
     for node in gm.graph.nodes:
+        if node.name in scalars:
+            continue
         kind = _kind(node, modules)
         if kind == "compute" and node.op == "call_module":
             weights.append(node.target)
@@ -176,7 +217,7 @@ def place(gm: fx.GraphModule) -> Placement:
             if len(users) == 1 and _kind(users[0], modules) == "relu":
                 fused_into[node.name] = users[0].name
                 continue  # the relu carries the quantizer
-        first_arg = next((a for a in node.args if isinstance(a, fx.Node)), None)
+        first_arg = next((a for a in node.args if isinstance(a, fx.Node) and a.name not in scalars), None)
         if kind == "input":
             points.append(node.name)
             inputs.append(node.name)

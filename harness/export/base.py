@@ -67,17 +67,24 @@ class ExporterInfo:
     fn: Callable[[ExportRequest], Artifact]
     quantized: bool  # True: exports quantized models; False: exports fp32 models
     description: str = ""
+    version: str = "1"  # bump when the same inputs would give a different file
 
 
 EXPORTERS: dict[str, ExporterInfo] = {}
 
 
-def register_exporter(name: str, family: str, suffix: str, quantized: bool, description: str = ""):
+def register_exporter(name: str, family: str, suffix: str, quantized: bool, description: str = "", version: str = "1"):
     def deco(fn: Callable[[ExportRequest], Artifact]):
-        EXPORTERS[name] = ExporterInfo(name, family, suffix, fn, quantized, description)
+        EXPORTERS[name] = ExporterInfo(name, family, suffix, fn, quantized, description, version)
         return fn
 
     return deco
+
+
+def exporter_identity(name: str) -> dict[str, str]:
+    """What an artifact cache key must cover of the exporter itself (its name and version)."""
+    info = EXPORTERS[name]
+    return {"format": info.name, "exporter_version": info.version}
 
 
 def formats_for(family_or_name: str, quantized: bool) -> list[str]:

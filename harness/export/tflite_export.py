@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -47,23 +48,55 @@ def _convert(model: torch.nn.Module, example: torch.Tensor, path: Path, **kwargs
     return path
 
 
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# quantized (output-channel) dimension of each op's filter in LiteRT's layout
+FILTER_CHANNEL_DIM = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
+
+
 def tflite_op_counts(path: Path) -> dict:
-    """Op names, and how many convolutions / FC run with int8 inputs."""
+    """Op names, and how many convolutions / FC run with int8 inputs (int8_convs), with float
+    inputs and int8 filters (hybrid_convs: dynamic-range kernels) or entirely in float."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path))
     details = {t["index"]: t for t in it.get_tensor_details()}
     ops = it._get_ops_details()
     counts = Counter(op["op_name"] for op in ops)
-    int8_convs = float_convs = 0
+    int8_convs = hybrid_convs = float_convs = 0
     for op in ops:
-        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        if op["op_name"] in CONV_OPS:
             dtype = details[op["inputs"][0]]["dtype"] if op["inputs"].size else None
+            fdtype = details[op["inputs"][1]]["dtype"] if op["inputs"].size > 1 else None
             if dtype in (np.int8, np.uint8):
                 int8_convs += 1
+            elif fdtype in (np.int8, np.uint8):
+                hybrid_convs += 1
             else:
                 float_convs += 1
-    return {"ops": dict(sorted(counts.items())), "int8_convs": int8_convs, "float_convs": float_convs}
+    return {"ops": dict(sorted(counts.items())), "int8_convs": int8_convs, "hybrid_convs": hybrid_convs,
+            "float_convs": float_convs}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _read_model(path: Path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model(str(path))
+
+
+def _tensors(path: Path) -> list:
+    return [t for sg in _read_model(path).subgraphs for t in sg.tensors]
+
+
+def _op_name(model, op) -> str:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or ""
 
 
 @register_exporter("tflite-fp32", "tflite", ".tflite", quantized=False, description="LiteRT float32")
@@ -72,15 +105,26 @@ def tflite_fp32(req: ExportRequest) -> Artifact:
     return Artifact(path, "tflite-fp32", "tflite", sha256_file(path), path.stat().st_size, op_counts=tflite_op_counts(path))
 
 
-@register_exporter("tflite-fp16", "tflite", ".tflite", quantized=False, description="LiteRT float16 weights")
+@register_exporter("tflite-fp16", "tflite", ".tflite", quantized=False,
+                   description="LiteRT float16 weights (DEQUANTIZE to float32 at load), float32 compute",
+                   version="2")  # 2: ai-edge-quantizer float casting (1 needed TensorFlow)
 def tflite_fp16(req: ExportRequest) -> Artifact:
-    path = req.out_path.with_suffix(".tflite")
-    model = req.result.folded.eval()
-    # litert-torch takes converter flags through _ai_edge_converter_flags
-    import tensorflow as tf  # noqa: F401  (only present where float16 export is wanted)
+    """The float32 flatbuffer with conv/FC weights cast to float16 by ai-edge-quantizer's
+    float-casting recipe (the LiteRT stack's own fp16 path; no TensorFlow needed)."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer import quantizer as aeq
 
-    _convert(model, req.probe[:1], path, _ai_edge_converter_flags={"target_spec": {"supported_types": ["float16"]}})
-    return Artifact(path, "tflite-fp16", "tflite", sha256_file(path), path.stat().st_size, op_counts=tflite_op_counts(path))
+    path = req.out_path.with_suffix(".tflite")
+    fp32 = _convert(req.result.folded, req.probe[:1], req.out_path.with_name(req.out_path.name + "-fp32.tflite"))
+    q = aeq.Quantizer(str(fp32))
+    q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                             algorithm_key=aeq.AlgorithmName.FLOAT_CASTING)
+    with _quiet():
+        q.quantize().export_model(str(path), overwrite=True)
+    fp32.unlink()
+    f16 = sum(1 for t in _tensors(path) if t.type == _schema().TensorType.FLOAT16)
+    return Artifact(path, "tflite-fp16", "tflite", sha256_file(path), path.stat().st_size, op_counts=tflite_op_counts(path),
+                    info={"float16_tensors": f16})
 
 
 def _observer_groups(prepared: torch.fx.GraphModule) -> dict[int, list[str]]:
@@ -170,23 +214,20 @@ def _replace_module(gm: torch.nn.Module, qualname: str, module: torch.nn.Module)
 
 def read_tflite_codes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(int8 codes in OIHW / [out, in] layout, per-channel scales) of every per-channel
-    quantized constant tensor, read from the flatbuffer itself."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    buf = Path(path).read_bytes()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
+    quantized constant filter tensor, read from the flatbuffer itself."""
+    schema = _schema()
+    model = _read_model(path)
     out = []
     for sg in model.subgraphs:
         for t in sg.tensors:
             q = t.quantization
             data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
-            if q is None or q.scale is None or len(q.scale) < 2 or data is None or len(data) == 0:
+            if q is None or q.scale is None or len(q.scale) < 1 or data is None or len(data) == 0:
                 continue
-            if t.type != schema.TensorType.INT8:
+            if t.type != schema.TensorType.INT8 or len(t.shape) < 2 or len(q.scale) != t.shape[q.quantizedDimension]:
                 continue
             arr = np.frombuffer(bytes(bytearray(data)), np.int8).reshape(t.shape)
-            dim = q.quantizedDimension
-            out.append((_to_torch_layout(arr, dim), np.asarray(q.scale, np.float32)))
+            out.append((_to_torch_layout(arr, q.quantizedDimension), np.asarray(q.scale, np.float32)))
     return out
 
 
@@ -198,16 +239,129 @@ def _to_torch_layout(arr: np.ndarray, dim: int) -> np.ndarray:
     return arr
 
 
+def _from_torch_layout(arr: np.ndarray, dim: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of _to_torch_layout onto a LiteRT filter of `shape` (conv1d codes [O, I, K]
+    become [O, 1, K, I] filters: same order once transposed)."""
+    if len(shape) == 4 and dim == 0:
+        o, h, w, i = shape
+        return arr.reshape(o, i, h, w).transpose(0, 2, 3, 1)
+    if len(shape) == 4 and dim == 3:
+        _, h, w, o = shape
+        return arr.reshape(o, 1, h, w).transpose(1, 2, 3, 0)
+    return arr.reshape(shape)
+
+
+def _same_codes(stored: np.ndarray, codes: np.ndarray) -> bool:
+    """Equal codes, allowing the reshape a converter applies (conv1d filters gain an axis)."""
+    if stored.shape != codes.shape:
+        if stored.size != codes.size or stored.shape[0] != codes.shape[0]:
+            return False
+        stored = stored.reshape(codes.shape)
+    return np.array_equal(stored, codes)
+
+
 def tflite_codes_match(params: QuantParams, stored: list[tuple[np.ndarray, np.ndarray]]) -> tuple[bool, list[str]]:
     missing = []
     for name, wq in params.weights.items():
         ok = any(
-            c.shape == wq.codes.shape and np.array_equal(c, wq.codes) and np.allclose(s, wq.scale, rtol=1e-6, atol=0)
+            _same_codes(c, wq.codes) and s.shape == wq.scale.shape and np.allclose(s, wq.scale, rtol=1e-6, atol=0)
             for c, s in stored
         )
         if not ok:
             missing.append(name)
     return not missing, missing
+
+
+def _float_owner(params: QuantParams, value: np.ndarray) -> str | None:
+    """The module whose dequantized codes equal this float filter exactly (any reshape)."""
+    for name, wq in params.weights.items():
+        if wq.codes.size == value.size and wq.codes.shape[0] == value.shape[0]:
+            if np.array_equal(wq.dequantize().reshape(-1), value.reshape(-1).astype(np.float32)):
+                return name
+    return None
+
+
+@register_exporter("tflite-dynamic", "tflite", ".tflite", quantized=True,
+                   description="LiteRT dynamic-range: our per-channel int8 weight codes, float activations")
+def tflite_dynamic(req: ExportRequest) -> Artifact:
+    """The float32 flatbuffer of the model carrying our dequantized codes, with every conv / FC
+    filter replaced by those codes (INT8, our per-channel scales, zero point 0): LiteRT runs such
+    ops in its hybrid kernels (int8 weights x activations quantized on the fly). Weights are
+    exact; activations are float between ops, so sub-8-bit activation grids are not kept."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    schema = _schema()
+    params = req.result.params
+    if params is None:
+        raise CannotRepresent(f"tflite-dynamic exports quantized models; {req.result.method} has no quantization parameters")
+    narrow = sorted({a.bits for a in params.acts.values() if a.bits < 8})
+    if narrow:
+        raise CannotRepresent(f"{narrow}-bit activations: tflite-dynamic keeps activations in float (quantized to 8 bits "
+                              "on the fly inside hybrid kernels), so the simulation's sub-8-bit grids are lost")
+    path = req.out_path.with_suffix(".tflite")
+    fp32 = _convert(with_dequantized_weights(req.result.folded, params), req.probe[:1],
+                    req.out_path.with_name(req.out_path.name + "-fp32.tflite"))
+    model = _read_model(fp32)
+    fp32.unlink()
+    done: dict[tuple[int, int], str] = {}
+    for sgi, sg in enumerate(model.subgraphs):
+        for op in sg.operators:
+            kind = _op_name(model, op)
+            if kind not in FILTER_CHANNEL_DIM or len(op.inputs) < 2 or (sgi, op.inputs[1]) in done:
+                continue
+            t = sg.tensors[op.inputs[1]]
+            data = model.buffers[t.buffer].data
+            if t.type != schema.TensorType.FLOAT32 or data is None or len(data) == 0:
+                continue  # a filter computed at run time: stays float (reported as a float conv)
+            dim = FILTER_CHANNEL_DIM[kind]
+            value = np.frombuffer(bytes(bytearray(data)), np.float32).reshape(t.shape)
+            owner = _float_owner(params, _to_torch_layout(value, dim))
+            if owner is None:
+                continue
+            wq = params.weights[owner]
+            buf = schema.BufferT()
+            buf.data = np.frombuffer(_from_torch_layout(wq.codes.astype(np.int8), dim, tuple(t.shape)).tobytes(), np.uint8)
+            model.buffers.append(buf)
+            t.buffer = len(model.buffers) - 1  # a new buffer: the converter may share constant buffers
+            t.type = schema.TensorType.INT8
+            qp = schema.QuantizationParametersT()
+            qp.scale = [float(v) for v in wq.scale.astype(np.float32)]
+            qp.zeroPoint = [0] * len(qp.scale)
+            qp.quantizedDimension = dim
+            t.quantization = qp
+            done[(sgi, op.inputs[1])] = owner
+    used = {t.buffer for sg in model.subgraphs for t in sg.tensors}
+    for i, buf in enumerate(model.buffers):
+        if i not in used:
+            buf.data = None  # the float filters just replaced
+    flatbuffer_utils.write_model(model, str(path))
+    exact, missing = tflite_codes_match(params, read_tflite_codes(path))
+    return Artifact(
+        path,
+        "tflite-dynamic",
+        "tflite",
+        sha256_file(path),
+        path.stat().st_size,
+        packed_bytes=req.result.stats.get("packed_bytes"),
+        codes_exact=exact and len(set(done.values())) == len(params.weights),
+        op_counts=tflite_op_counts(path),
+        info={"weights_replaced": len(done), "codes_missing": missing},
+    )
+
+
+def same_scale_violation(message: str) -> str | None:
+    """The reason, if the LiteRT converter refused a graph because an op that must keep one
+    grid (RESHAPE, CONCATENATION ...) got two: the simulation has different grids on its two
+    sides and the converter inserts no requantization, so LiteRT int8 cannot hold the model."""
+    m = re.search(r"loc\((.{0,600}?)\): 'tfl\.(\w+)' op quantization parameters violate the same scale constraint: "
+                  r"!quant\.uniform<i8:f32, ([\d.e+-]+):(-?\d+)> vs\. !quant\.uniform<i8:f32, ([\d.e+-]+):(-?\d+)>", message, re.DOTALL)
+    if m is None:
+        return None
+    ops = ", ".join(dict.fromkeys(re.findall(r'\("([\w.]+)"\)', m.group(1)))) or "?"
+    where = re.search(r'"([\w.]+?)(?:;|")', m.group(1))
+    return (f"LiteRT int8 keeps one grid across {m.group(2).upper()}, but the simulation has two there "
+            f"(scale {float(m.group(3)):.4g} zero point {m.group(4)} vs scale {float(m.group(5)):.4g} zero point {m.group(6)}; "
+            f"ops {ops}{' in ' + where.group(1) if where else ''}) and the converter adds no requantization")
 
 
 @register_exporter("tflite-int8", "tflite", ".tflite", quantized=True,
@@ -234,7 +388,13 @@ def tflite_int8(req: ExportRequest) -> Artifact:
         prepared = prepare_pt2e(exported, quantizer)
         stats = _fixed_observers(prepared, params, index, req.probe)
         converted = convert_pt2e(prepared, fold_quantize=False)
-    path = _convert(converted, example, req.out_path.with_suffix(".tflite"), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    try:
+        path = _convert(converted, example, req.out_path.with_suffix(".tflite"), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    except ValueError as exc:
+        reason = same_scale_violation(str(exc))
+        if reason is None:
+            raise
+        raise CannotRepresent(reason) from exc
     exact, missing = tflite_codes_match(params, read_tflite_codes(path))
     return Artifact(
         path,
