@@ -22,7 +22,6 @@ from .datasets import DATASETS
 from .detectors import DETECTORS
 from .export import EXPORTERS
 
-
 # Gates the report evaluates (reports/gates.py holds their semantics; a test keeps both in step).
 GATE_KEYS = ("auc_drop_max", "fps_min", "parity_max_abs", "decision_agreement_min", "max_failed_trials", "no_regressions")
 

@@ -148,9 +148,18 @@ class QLayer(nn.Module):
         self.has_bias = layer.bias is not None
         self.wq = WeightQuantizer(w, scale, bits)
         self.float_mode = False
+        self.in_act: list[ActQ] = []  # the quantizer of the input grid (a list: not a child)
+
+    def quant_bias(self) -> torch.Tensor:
+        """The bias on the int32 grid s_in * s_w that int8 runtimes (and quant.sim) store."""
+        if not self.in_act:
+            return self.bias
+        s_b = (self.in_act[0].scale.detach().abs() * self.wq.scale.detach()).float()
+        s_b = torch.where(s_b > 0, s_b, torch.ones_like(s_b))
+        return torch.round(self.bias / s_b) * s_b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = (self.w_fp, self.b_fp) if self.float_mode else (self.wq(), self.bias)
+        w, b = (self.w_fp, self.b_fp) if self.float_mode else (self.wq(), self.quant_bias())
         if self.kind == "Linear":
             return F.linear(x, w, b)
         conv = F.conv2d if self.kind == "Conv2d" else F.conv1d
@@ -195,10 +204,16 @@ def build_qmodel(
     for point in placement.points:
         a = acts[point]
         setattr(gm, aq_name(point), ActQ(a.scale, a.zero_point, a.bits).to(_device_of(folded)))
+    inputs = {n.target: n.args[0].name for n in folded.graph.nodes
+              if n.op == "call_module" and n.target in placement.weights and isinstance(n.args[0], fx.Node)}
     for name in placement.weights:
         layer = gm.get_submodule(name)
         scale, bits = weight_init[name]
-        _set_module(gm, name, QLayer(layer, scale.to(layer.weight.device), bits.to(layer.weight.device)))
+        q = QLayer(layer, scale.to(layer.weight.device), bits.to(layer.weight.device))
+        point = placement.grid_of.get(inputs.get(name, ""))
+        if point is not None:
+            q.in_act.append(getattr(gm, aq_name(point)))
+        _set_module(gm, name, q)
     gm.recompile()
     return gm.eval()
 

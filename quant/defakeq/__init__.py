@@ -51,14 +51,15 @@ class DefakeqConfig:
     redundancy_threshold: float = 0.9
     salient_quantile: float = 0.5
     saliency_floor: float = 0.05  # S~ = S + floor * mean of the layer's S
+    cost_model: str = "saliency"  # saliency: S~_c * eps_c | fisher: F_c * eps_c * ||W_c||_H^2
     stats_frames: int = 512
     act_symmetric: bool = False
     # VEFT
     iters: int = 300  # per block
     batch: int = 32
-    lr_round: float = 1e-2
+    lr_round: float = 0.1
     lr_wscale: float = 1e-3
-    lr_act: float = 4e-4
+    lr_act: float = 5e-3
     round_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -76,6 +77,8 @@ class DefakeqConfig:
             raise ValueError(f"defakeq: unknown option(s) {unknown}; allowed: {sorted(names)}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()}
         cfg = cls(**kw)
+        if cfg.cost_model not in ("saliency", "fisher"):
+            raise ValueError(f"defakeq: cost_model {cfg.cost_model!r}; allowed 'saliency' or 'fisher'")
         if cfg.granularity not in ("channel", "layer"):
             raise ValueError(f"defakeq: granularity {cfg.granularity!r}; allowed 'channel' or 'layer'")
         bad = [b for b in cfg.w_candidates if not 0 <= int(b) <= 8]
@@ -197,13 +200,19 @@ def _allocate_weights(ctx: MethodContext, cfg: DefakeqConfig, folded: fx.GraphMo
         imp = haq.weight_importance(mods[name], stats.in_energy[name])
         eps, sc = haq.error_table(w, imp, cands)
         tables[name] = sc
-        sal = stats.saliency[name].double()
+        if cfg.cost_model == "fisher":  # loss change of incoherent noise: sum_p g_p^2 * var
+            sal = stats.fisher[name].double()
+            scale = haq.output_energy(w, imp).double()
+            scale0 = stats.out_energy[name].double()
+        else:  # coherent relative perturbation of the channel: S_c * eps_c
+            sal = stats.saliency[name].double()
+            scale = scale0 = torch.ones_like(sal)
         weight = sal + cfg.saliency_floor * sal.mean() + 1e-30
-        cost = weight[:, None] * eps.double()  # [C, K]
+        cost = (weight * scale)[:, None] * eps.double()  # [C, K]
         allowed = np.ones((w.shape[0], len(all_cands)), bool)
         if use_elim:
             red = stats.redundancy[name].double()
-            c0 = (weight * (1 - red.pow(2))).numpy()[:, None]
+            c0 = (weight * scale0 * (1 - red.pow(2))).numpy()[:, None]
             cost_np = np.concatenate([c0, cost.numpy()], axis=1)
             allowed[:, 0] = False
             if name in producers:
@@ -280,8 +289,10 @@ def _allocate_acts(ctx: MethodContext, cfg: DefakeqConfig, folded: fx.GraphModul
     io = set(placement.inputs) | ({placement.output_point} if placement.output_point else set())
     movable = [p for p in placement.points if not (cfg.act_keep_io and p in io)]
     cands = sorted({int(b) for b in cfg.a_candidates} | {plan[p] for p in movable})
-    if not movable or len(cands) == 1:
-        return plan, {"moved": False}
+    lower = [p for p in movable if any(b < plan[p] for b in cfg.a_candidates)]
+    higher = [p for p in movable if any(b > plan[p] for b in cfg.a_candidates)]
+    if not lower or not higher:  # raising one point needs lowering another below its plan
+        return plan, {"moved": False, "reason": "no candidate below the plan to pay for a raise"}
     x = ctx.calib_x[: cfg.act_sens_frames]
     values = {p: act_stats.values(p) for p in movable}
     ranges = {p: (act_stats.lo[p], act_stats.hi[p]) for p in movable}

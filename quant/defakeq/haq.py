@@ -55,6 +55,8 @@ class ChannelStats:
     redundancy: dict[str, torch.Tensor] = field(default_factory=dict)  # [C_out]
     abs_corr: dict[str, torch.Tensor] = field(default_factory=dict)  # [C_out, C_out], diag 0
     in_energy: dict[str, torch.Tensor] = field(default_factory=dict)  # [C_in] E[x^2]
+    fisher: dict[str, torch.Tensor] = field(default_factory=dict)  # [C_out] E_n[sum_p (dL/da)^2]
+    out_energy: dict[str, torch.Tensor] = field(default_factory=dict)  # [C_out] E[a^2]
 
 
 def layer_nodes(gm: fx.GraphModule, names: list[str]) -> dict[str, tuple[str, str]]:
@@ -114,6 +116,7 @@ def channel_statistics(
     names = [out_node] + list(dict.fromkeys(n for io in nodes.values() for n in io))
     t = tap(gm, names)
     sal = {k: 0.0 for k in layers}
+    fis = {k: 0.0 for k in layers}
     s1: dict[str, torch.Tensor] = {}
     s2: dict[str, torch.Tensor] = {}
     cnt: dict[str, int] = {}
@@ -129,6 +132,7 @@ def channel_statistics(
                 a, g = vals[nodes[k][1]].detach(), grads[nodes[k][1]].detach()
                 per = (a * g).reshape(a.shape[0], a.shape[1], -1).sum(dim=2)  # [N, C]
                 sal[k] = sal[k] + per.double().pow(2).sum(dim=0)
+                fis[k] = fis[k] + g.double().pow(2).reshape(g.shape[0], g.shape[1], -1).sum(dim=(0, 2))
                 flat = a.transpose(0, 1).reshape(a.shape[1], -1).double()  # [C, N*P]
                 s1[k] = s1.get(k, 0) + flat.sum(dim=1)
                 s2[k] = s2.get(k, 0) + flat @ flat.T
@@ -154,6 +158,8 @@ def channel_statistics(
         stats.redundancy[k] = red.float().cpu()
         stats.abs_corr[k] = corr.float().cpu()
         stats.in_energy[k] = (e_in[k] / n_in[k]).float().cpu()
+        stats.fisher[k] = (fis[k] / len(x)).float().cpu()
+        stats.out_energy[k] = (s2[k].diagonal() / cnt[k]).float().cpu()
     return stats
 
 
@@ -180,7 +186,9 @@ def weight_importance(mod: nn.Module, in_energy: torch.Tensor) -> torch.Tensor:
 def error_table(w: torch.Tensor, importance: torch.Tensor, cands: list[int], grid: int = 40
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative output error eps[c, j] of channel c at cands[j] bits (after the per-channel
-    clipping search) and the chosen scales [c, j]; eps = sum imp*dw^2 / sum imp*w^2."""
+    clipping search) and the chosen scales [c, j]; eps = sum imp*dw^2 / sum imp*w^2, i.e. the
+    output noise variance per position relative to the channel's output energy E[(w.x)^2]
+    under uncorrelated inputs (`output_energy` gives the denominator)."""
     w = w.detach().float()
     imp = importance.to(w.device)
     norm = (imp * w.pow(2)).reshape(w.shape[0], -1).sum(dim=1).clamp(min=1e-30)
@@ -200,7 +208,7 @@ def error_table(w: torch.Tensor, importance: torch.Tensor, cands: list[int], gri
 
 
 def allocate(cost: np.ndarray, sizes: np.ndarray, cands: list[int], budget: int,
-             allowed: np.ndarray | None = None, max_states: int = 1 << 17) -> np.ndarray:
+             allowed: np.ndarray | None = None, max_states: int = 1 << 14) -> np.ndarray:
     """Minimise sum_i cost[i, k_i] subject to sum_i sizes[i] * cands[k_i] <= budget.
 
     Returns the chosen index k_i per item. A multiple-choice knapsack solved by dynamic
@@ -221,25 +229,23 @@ def allocate(cost: np.ndarray, sizes: np.ndarray, cands: list[int], budget: int,
         unit = int(math.ceil(unit / g) * g)
     w_units = -(-weights // unit)
     cap = int(budget // unit)
-    inf = np.inf
     best = np.zeros(cap + 1)  # best[b]: least cost with total weight <= b (items so far)
-    choice = np.zeros((n, cap + 1), np.int16)
+    choice = np.zeros((n, cap + 1), np.int8)
+    cand = np.empty(cap + 1)
+    better = np.empty(cap + 1, bool)
     for i in range(n):
-        new = np.full(cap + 1, inf)
-        arg = np.zeros(cap + 1, np.int16)
+        new = np.full(cap + 1, np.inf)
+        arg = choice[i]
         for j in range(k):
-            if not allowed[i, j]:
-                continue
             wj = int(w_units[i, j])
-            if wj > cap:
+            if not allowed[i, j] or wj > cap:
                 continue
-            cand = np.full(cap + 1, inf)
-            cand[wj:] = best[: cap + 1 - wj] + cost[i, j]
-            better = cand < new
-            new[better] = cand[better]
-            arg[better] = j
+            cand[:wj] = np.inf
+            np.add(best[: cap + 1 - wj], cost[i, j], out=cand[wj:])
+            np.less(cand, new, out=better)
+            np.copyto(new, cand, where=better)
+            np.copyto(arg, j, where=better)
         best = new
-        choice[i] = arg
     if not np.isfinite(best[cap]):
         raise ValueError("bit allocation: no feasible choice within the budget")
     out = np.zeros(n, np.int64)
@@ -255,19 +261,17 @@ def allocate(cost: np.ndarray, sizes: np.ndarray, cands: list[int], budget: int,
 
 def _top_up(cost: np.ndarray, weights: np.ndarray, allowed: np.ndarray, out: np.ndarray, budget: int) -> np.ndarray:
     """Spend the leftover budget on the upgrades with the best cost decrease per bit."""
-    used = int(weights[np.arange(len(out)), out].sum())
+    rows = np.arange(len(out))
     while True:
-        best, pick = 0.0, None
-        for i in range(len(out)):
-            for j in range(cost.shape[1]):
-                extra = int(weights[i, j] - weights[i, out[i]])
-                gain = cost[i, out[i]] - cost[i, j]
-                if allowed[i, j] and gain > 0 and 0 < extra <= budget - used and gain / extra > best:
-                    best, pick = gain / extra, (i, j, extra)
-        if pick is None:
+        left = budget - int(weights[rows, out].sum())
+        extra = weights - weights[rows, out][:, None]
+        gain = cost[rows, out][:, None] - cost
+        ok = allowed & (gain > 0) & (extra > 0) & (extra <= left)
+        if not ok.any():
             return out
-        out[pick[0]] = pick[1]
-        used += pick[2]
+        ratio = np.where(ok, gain / np.maximum(extra, 1), -np.inf)
+        i, j = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        out[i] = j
 
 
 def brute_force(cost: np.ndarray, sizes: np.ndarray, cands: list[int], budget: int,
@@ -287,6 +291,11 @@ def brute_force(cost: np.ndarray, sizes: np.ndarray, cands: list[int], budget: i
     if arg is None:
         raise ValueError("no feasible choice")
     return best, arg
+
+
+def output_energy(w: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """sum_i imp_i w_i^2 per output channel (the denominator of `error_table`'s eps)."""
+    return (importance.to(w.device) * w.detach().float().pow(2)).reshape(w.shape[0], -1).sum(dim=1).cpu()
 
 
 # --- elimination and least-squares compensation ----------------------------------------------

@@ -9,6 +9,8 @@ per-channel MSE-clipped; activation grids: MSE-clipped on the calibration frames
 Published: 10k iterations per layer, batch 32, 1024 images, Adam (lr 1e-3), lambda 0.01.
 """
 
+from dataclasses import replace
+
 from ..qparams import QuantParams
 from ..recon import (
     ReconConfig,
@@ -22,7 +24,7 @@ from ..recon import (
 from ..registry import MethodContext, register
 
 PAPER = {"iters": 10000, "samples": 1024}
-FAST = {"iters": 300, "lr_round": 1e-2}
+FAST = {"iters": 300, "lr_round": 0.1}  # as BRECQ/QDrop's fast preset (see brecq.FAST)
 
 
 @register("adaround", defaults={"preset": "fast", "act_symmetric": False})
@@ -30,8 +32,9 @@ def adaround(ctx: MethodContext) -> QuantParams:
     """AdaRound: layer-wise learned rounding (Nagel 2020); MSE-clipped grids."""
     base = ReconConfig(learn_round=True, learn_act=False, act_quant=True, quant_output=False)
     if ctx.options.get("preset", "fast") == "fast":
-        base = ReconConfig(**{**base.as_info(), "lr_round": FAST["lr_round"]})
+        base = replace(base, lr_round=FAST["lr_round"])
     cfg = recon_config(ctx, base, PAPER["iters"], PAPER["samples"], FAST["iters"])
+    cfg = replace(cfg, learn_round=True, learn_act=False)
     with deterministic(ctx.device):
         gm = uniform_start(ctx)
         units = partition(gm, "layer")
