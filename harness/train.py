@@ -18,7 +18,7 @@ from .datasets.base import FrameSet, normalise
 from .detectors import DETECTORS
 from .progress import progress_bar
 
-TRAIN_CODE_VERSION = 1  # bump when training semantics change: invalidates cached checkpoints
+TRAIN_CODE_VERSION = 2  # bump when training semantics change: invalidates cached checkpoints
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,32 @@ def train_detector(
             value = loss.item()
             running = value if running is None else 0.98 * running + 0.02 * value
             advance(1, f"loss {running:.3f}")
+    recalibrate_bn(model, x_all, gen)
     model.eval()
     log(f"trained {detector}: {cfg.steps} steps in {time.perf_counter() - t0:.0f} s, final loss {running:.3f}")
     return model
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, gen: torch.Generator, batches: int = 16, batch: int = 64) -> None:
+    """Re-estimate BatchNorm running statistics as plain averages over training batches.
+
+    Short trainings leave running statistics far from the final weights' (EfficientNet's BN
+    momentum is 0.01), which makes the eval-mode network degenerate; a cumulative average over
+    a few batches fixes that, and BN folding then sees the statistics the weights expect."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for _ in range(batches):
+        idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen)
+        model(x[idx])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
 
 
 def load_or_train(

@@ -58,10 +58,62 @@ def _decompose_silu(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
 
 
+@torch.no_grad()
+def _fold_constants(gm: fx.GraphModule) -> None:
+    """Evaluate subgraphs that depend only on parameters/buffers (e.g. F3Net's filters,
+    base + 2*sigmoid(learnable) - 1) into constant buffers: they are weights, not activations,
+    and a runtime folds them the same way. Conv/linear modules are left alone (quantized)."""
+    env: dict[str, torch.Tensor] = {}
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr":
+            value = gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, torch.Tensor):
+                env[node.name] = value
+            continue
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        if node.op == "call_module" and isinstance(modules.get(node.target), COMPUTE_MODULES):
+            continue
+        inputs = node.all_input_nodes
+        if not inputs or any(a.name not in env for a in inputs):
+            continue
+
+        def load(a):
+            return env[a.name] if isinstance(a, fx.Node) else a
+
+        args = fx.node.map_arg(node.args, load)
+        kwargs = fx.node.map_arg(node.kwargs, load)
+        if node.op == "call_function":
+            value = node.target(*args, **kwargs)
+        elif node.op == "call_method":
+            value = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            value = modules[node.target](*args, **kwargs)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = f"_folded_const_{count}"
+        count += 1
+        gm.register_buffer(name, value.detach().clone())
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(name)
+        node.replace_all_uses_with(const)
+        gm.graph.erase_node(node)
+        env[const.name] = value
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+
+
 def fold_bn(model: nn.Module) -> fx.GraphModule:
-    """Trace `model` and fold every BatchNorm that directly follows a conv/linear into it."""
+    """Trace `model`, fold parameter-only subgraphs into constants and every BatchNorm that
+    directly follows a conv/linear into it."""
     gm = copy.deepcopy(trace(model))
     _decompose_silu(gm)
+    _fold_constants(gm)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -197,51 +249,71 @@ def non_tensor_nodes(gm: fx.GraphModule) -> set[str]:
     return out
 
 
+def _is_constant(node: fx.Node) -> bool:
+    return node.op == "get_attr"
+
+
 def place(gm: fx.GraphModule) -> Placement:
+    """Quantized ops are conv/linear (our weights) and adds of two activations, one of them on a
+    grid; everything else
+    (sigmoid, multiply, matmul with a fixed matrix, concat, attention ...) runs in float, as in
+    LiteRT's PT2E graph and in our ONNX export (which tells onnxruntime to leave those alone).
+    A tensor gets a grid when a quantized op produces it, or when a quantized op consumes it
+    (then it is quantized where it is produced); grid-preserving ops pass grids on."""
     modules = dict(gm.named_modules())
     scalars = non_tensor_nodes(gm)
-    points: list[str] = []
-    grid_of: dict[str, str] = {}
-    reround: list[str] = []
-    weights: list[str] = []
-    inputs: list[str] = []
-    fused_into: dict[str, str] = {}  # producer node -> its fused relu node
-    for node in gm.graph.nodes:
-        if node.name in scalars:
-            continue
+    nodes = [n for n in gm.graph.nodes if n.name not in scalars]
+
+    def tensor_args(node: fx.Node) -> list[fx.Node]:
+        return [a for a in node.all_input_nodes if a.name not in scalars]
+
+    def kind_of(node: fx.Node) -> str:
         kind = _kind(node, modules)
-        if kind == "compute" and node.op == "call_module":
-            weights.append(node.target)
-        if kind in ("compute", "add"):
-            users = list(node.users)
-            if len(users) == 1 and _kind(users[0], modules) == "relu":
-                fused_into[node.name] = users[0].name
-                continue  # the relu carries the quantizer
-        first_arg = next((a for a in node.args if isinstance(a, fx.Node) and a.name not in scalars), None)
-        if kind == "input":
-            points.append(node.name)
-            inputs.append(node.name)
-            grid_of[node.name] = node.name
-        elif kind in ("compute", "add", "other"):
-            points.append(node.name)
-            grid_of[node.name] = node.name
-        elif kind == "relu":
-            if first_arg is not None and fused_into.get(first_arg.name) == node.name:
-                points.append(node.name)
-                grid_of[node.name] = node.name
-            elif first_arg is not None and first_arg.name in grid_of:
-                grid_of[node.name] = grid_of[first_arg.name]  # relu on a grid keeps the grid
-            else:
-                points.append(node.name)
-                grid_of[node.name] = node.name
-        elif kind in ("pass", "reround"):
-            if first_arg is not None and first_arg.name in grid_of:
-                grid_of[node.name] = grid_of[first_arg.name]
+        if kind == "add":  # only adds of two activations run as int8 adds
+            args = [a for a in node.args if not isinstance(a, fx.Node) or a.name not in scalars]
+            if len(args) != 2 or not all(isinstance(a, fx.Node) and not _is_constant(a) for a in args):
+                return "other"
+        return kind
+
+    kinds = {n.name: kind_of(n) for n in nodes}
+    weights = [n.target for n in nodes if kinds[n.name] == "compute" and n.op == "call_module"]
+    fused_into: dict[str, str] = {}  # conv/linear/add -> the ReLU that carries its quantizer
+    for n in nodes:
+        if kinds[n.name] in ("compute", "add"):
+            users = list(n.users)
+            if len(users) == 1 and kinds.get(users[0].name) == "relu":
+                fused_into[n.name] = users[0].name
+    forced: set[str] = set()  # float tensors a quantized op consumes: quantized where produced
+    while True:
+        points, grid_of, reround = [], {}, []
+        quantized: set[str] = set()  # conv/linear and add nodes that run as int8 ops
+        for n in nodes:
+            kind = kinds[n.name]
+            args = tensor_args(n)
+            src = args[0] if args else None
+            # An add joins the int8 graph only where one of its inputs is already on a grid:
+            # adds inside a float island (F3Net's / SPSL's spectra) stay float with the island.
+            if kind == "compute" or (kind == "add" and any(a.name in grid_of for a in args)):
+                quantized.add(n.name)
+            fused_relu = kind == "relu" and src is not None and fused_into.get(src.name) == n.name and src.name in quantized
+            if (n.name in quantized and n.name not in fused_into) or fused_relu or n.name in forced:
+                points.append(n.name)
+                grid_of[n.name] = n.name
+            elif kind in ("pass", "relu", "reround") and src is not None and src.name in grid_of:
+                grid_of[n.name] = grid_of[src.name]  # same values, or re-rounded onto the same grid
                 if kind == "reround":
-                    reround.append(node.name)
-            else:
-                points.append(node.name)
-                grid_of[node.name] = node.name
+                    reround.append(n.name)
+        missing = {
+            a.name
+            for n in nodes
+            if n.name in quantized
+            for a in tensor_args(n)
+            if not _is_constant(a) and a.name not in grid_of
+        }
+        if not missing:
+            break
+        forced |= missing
+    inputs = [n.name for n in nodes if n.op == "placeholder" and n.name in grid_of]
     output_point = None
     for node in gm.graph.nodes:
         if node.op == "output":

@@ -676,6 +676,7 @@ def reconstruct(
             return tot / n
 
         before = evaluate()  # the starting point: current rounding (nearest or earlier passes)
+        start = _snapshot(layers, owned)
         if cfg.learn_round:
             for m in layers:
                 if m.wq.mode == "hard":  # an earlier pass rounded: restart soft from its codes
@@ -719,11 +720,34 @@ def reconstruct(
             for m in layers:
                 m.wq.mode = "hard"
         after = evaluate()
+        kept_start = after > before
+        if kept_start:
+            # Few iterations can end with a hard rounding worse than where the unit started (the
+            # soft-to-hard gap): keep the start instead, so a pass never makes a unit worse on
+            # the calibration frames it is judged on.
+            _restore(layers, owned, start)
+            after = evaluate()
         if k + 1 < len(units) and units[k + 1].input == unit.output:
             values.hand_on(unit, sub, q_in)
-        history.append({"unit": unit.name, "layers": unit.layers, "loss_before": before, "loss_after": after})
+        history.append({"unit": unit.name, "layers": unit.layers, "loss_before": before, "loss_after": after,
+                        "kept_start": kept_start})
         log(f"  {unit.name}: reconstruction loss {before:.4g} -> {after:.4g}")
     return history
+
+
+def _snapshot(layers: list[nn.Module], owned: list[ActQ]) -> tuple:
+    return ([(m.wq.mode, m.wq.alpha.detach().clone(), m.wq.gain.detach().clone()) for m in layers],
+            [(q.scale.detach().clone(), q.zero_point.clone()) for q in owned])
+
+
+def _restore(layers: list[nn.Module], owned: list[ActQ], snap: tuple) -> None:
+    for m, (mode, alpha, gain) in zip(layers, snap[0]):
+        m.wq.mode = mode
+        m.wq.alpha.data.copy_(alpha)
+        m.wq.gain.data.copy_(gain)
+    for q, (scale, zp) in zip(owned, snap[1]):
+        q.scale.data.copy_(scale)
+        q.zero_point.copy_(zp)
 
 
 def _unit_modes(gm: fx.GraphModule, owned: list[ActQ], cfg: ReconConfig) -> Callable:
@@ -820,6 +844,9 @@ def recon_config(ctx: MethodContext, base: ReconConfig, paper_iters: int, paper_
     'fast' | 'paper' and `iters` choose the iteration count)."""
     opts = dict(ctx.options)
     sched = Schedule(str(opts.pop("preset", "fast")), opts.pop("iters", None))
+    unknown = sorted(set(opts) - RECON_KEYS - {"act_symmetric"})
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; allowed: {sorted(RECON_KEYS | {'preset', 'act_symmetric'})}")
     known = {k: v for k, v in opts.items() if k in RECON_KEYS}
     cfg = replace(base, **{k: (tuple(v) if k == "beta" else v) for k, v in known.items()})
     return replace(cfg, iters=sched.resolve(paper_iters, paper_samples, len(ctx.calib_x), fast_iters))

@@ -45,10 +45,14 @@ class ValueIndex:
     def match(self, value: np.ndarray, rtol: float = 1e-3) -> str | None:
         """The simulation node whose probe output equals `value` (any shape), or None."""
         v = np.asarray(value, dtype=np.float32).reshape(-1)
-        key = _fingerprint(v)
-        candidates = self.fingerprints.get(key, [])
-        if not candidates:  # fingerprints are coarse-rounded; fall back to a size scan
-            candidates = [n for n, x in self.values.items() if x.size == v.size]
+        best = self._best(v, self.fingerprints.get(_fingerprint(v), []), rtol)
+        if best is None:
+            # Fingerprints are rounded: float noise (another thread count, another process) can
+            # put the right node in a neighbouring bucket. A miss must not depend on that.
+            best = self._best(v, [n for n, x in self.values.items() if x.size == v.size], rtol)
+        return best
+
+    def _best(self, v: np.ndarray, candidates: list[str], rtol: float) -> str | None:
         scale = float(np.abs(v).max()) + 1e-6
         best, best_err = None, np.inf
         for name in candidates:

@@ -211,7 +211,9 @@ def build_overrides(float_model: onnx.ModelProto, params: QuantParams, index: Va
 
     consumers = Counter(i for n in float_model.graph.node for i in n.input)
     relu_input = {n.output[0]: n.input[0] for n in float_model.graph.node if n.op_type == "Relu"}
-    for name, value in _all_tensor_values(float_model, probe).items():
+    in_name = float_model.graph.input[0].name
+    values = {in_name: probe, **_all_tensor_values(float_model, probe)}
+    for name, value in values.items():
         node = index.match(value)
         aq = params.act_for_node(node) if node is not None else None
         if aq is None:
@@ -227,9 +229,6 @@ def build_overrides(float_model: onnx.ModelProto, params: QuantParams, index: Va
             add_act(name, ActQuant(aq.name, aq.scale, 0, aq.bits), clip)
         else:
             add_act(name, aq)
-    in_name = float_model.graph.input[0].name
-    if in_name not in ov.acts:  # the graph input is always the sim's input point
-        add_act(in_name, params.acts[params.grid_of[next(iter(params.grid_of))]])
     # quantize_static drops a Relu/Clip in front of a Q when activations are asymmetric, trusting
     # the Q's saturation to clamp; that is only exact when the grid lies inside the clamp range
     # (a symmetric grid after a Relu keeps negative values). Otherwise keep the clamps.
@@ -319,6 +318,48 @@ def codes_match(params: QuantParams, stored: dict[str, np.ndarray]) -> tuple[boo
     return not problems, problems
 
 
+# What onnxruntime may quantize: exactly the simulation's int8 ops (conv / linear with our
+# weights, adds of two activations) and the ops that carry a grid through. Everything else runs
+# in float between Q/DQ pairs, as in the simulation and in LiteRT's PT2E graph.
+QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
+GRID_OPS = ["MaxPool", "GlobalAveragePool", "AveragePool", "Relu", "Clip", "Flatten", "Reshape", "Transpose",
+            "Squeeze", "Unsqueeze", "Pad", "Resize"]
+
+
+def float_nodes(model: onnx.ModelProto, ov: Overrides) -> list[str]:
+    """Nodes onnxruntime must leave in float: convs / matmuls without one of our weights (F3Net's
+    DCT, SPSL's DFT, attention products), adds with a constant or off the simulation's grids,
+    and grid-carrying ops whose input the simulation keeps in float."""
+    constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    gridded = set(ov.acts)
+    out = []
+    for node in model.graph.node:
+        op = node.op_type
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if not any(i in ov.owners for i in node.input[:2]):
+                out.append(node.name)
+        elif op == "Add":
+            fused = [u for u in users.get(node.output[0], []) if u.op_type == "Relu"]
+            on_grid = node.output[0] in gridded or (len(users.get(node.output[0], [])) == 1 and fused and fused[0].output[0] in gridded)
+            if any(i in constants for i in node.input) or not on_grid:
+                out.append(node.name)
+        elif op in GRID_OPS and node.input:
+            src = node.input[0]
+            if src in gridded:
+                continue
+            prod = producer.get(src)
+            quantized_producer = prod is not None and prod.op_type in QUANTIZED_OPS and prod.name not in out
+            if op in ("Relu", "Clip") and quantized_producer:
+                continue  # the conv/add's fused activation: onnxruntime quantizes after it
+            out.append(node.name)
+    return out
+
+
 def trt_problems(path: Path) -> list[str]:
     """What stops TensorRT's explicit-quantization parser from taking this file as int8
     end to end: uint8 tensors, non-zero zero points, Add inputs without DequantizeLinear."""
@@ -360,6 +401,7 @@ def _qdq_export(req: ExportRequest, variant: QDQVariant) -> Artifact:
             onnx.save(float_model, str(fpath))
         index = ValueIndex.build(model, params, req.probe)
         ov = build_overrides(float_model, params, index, req.probe.numpy(), variant)
+        exclude = float_nodes(float_model, ov)
         logging.getLogger("root").setLevel(logging.ERROR)  # quantize_static's pre-processing advice
         quantize_static(
             str(fpath),
@@ -370,6 +412,8 @@ def _qdq_export(req: ExportRequest, variant: QDQVariant) -> Artifact:
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if variant.signed_acts else QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=QUANTIZED_OPS + GRID_OPS,
+            nodes_to_exclude=exclude,
             extra_options={
                 "TensorQuantOverrides": ov.tensors,
                 "QDQDisableWeightAdjustForInt32Bias": True,

@@ -364,13 +364,59 @@ def same_scale_violation(message: str) -> str | None:
             f"ops {ops}{' in ' + where.group(1) if where else ''}) and the converter adds no requantization")
 
 
+def _sim_aligned_quantizer():
+    """litert-torch's PT2E quantizer, annotating only what the simulation quantizes: conv /
+    linear, adds of two activations, and pooling on a quantized input. Mul, concat, sigmoid and
+    softmax (whose fixed 1/256 grid the simulation does not have) stay float between
+    DEQUANTIZE / QUANTIZE, as they do in the simulation and the ONNX export; a tensor a
+    quantized op consumes is still quantized, on the simulation's grid."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+    from litert_torch.quantize.pt2e_quantizer_utils import propagate_annotation
+
+    class SimAligned(PT2EQuantizer):
+        STATIC_OPS = [op for op in PT2EQuantizer.STATIC_OPS if op not in ("mul", "mul_relu", "cat", "fixed_qparams")]
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            self._annotate_for_static_quantization_config(model)
+            for node in model.graph.nodes:
+                if node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor):
+                    continue
+                args = node.args[:2]
+                if any(not isinstance(a, torch.fx.Node) or a.op == "get_attr" for a in args) or not any(
+                    _quantized_output(a) for a in args
+                ):
+                    # adds of a constant, or of two float tensors, are float in the simulation
+                    node.meta.pop("quantization_annotation", None)
+                    for user in node.users:
+                        if user.target in (torch.ops.aten.relu.default, torch.ops.aten.relu_.default):
+                            user.meta.pop("quantization_annotation", None)
+            propagate_annotation(model)
+            return model
+
+    return SimAligned()
+
+
+_VIEWS = ("view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "clone", "contiguous", "dropout")
+
+
+def _quantized_output(node: torch.fx.Node) -> bool:
+    """The annotated graph quantizes this tensor (looking through view-like ops)."""
+    while True:
+        ann = node.meta.get("quantization_annotation")
+        if ann is not None and ann.output_qspec is not None:
+            return True
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op != "call_function" or name.split(".")[0] not in _VIEWS or not node.args:
+            return False
+        node = node.args[0]
+        if not isinstance(node, torch.fx.Node):
+            return False
+
+
 @register_exporter("tflite-int8", "tflite", ".tflite", quantized=True,
                    description="LiteRT full-integer int8 (int8 I/O), per-channel weights, our codes")
 def tflite_int8(req: ExportRequest) -> Artifact:
-    from litert_torch.quantize.pt2e_quantizer import (
-        PT2EQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -382,7 +428,7 @@ def tflite_int8(req: ExportRequest) -> Artifact:
     model = with_dequantized_weights(req.result.folded, params)
     index = ValueIndex.build(model, params, req.probe)
     example = req.probe[:1]
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _sim_aligned_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with _quiet():
         exported = torch.export.export(model, (example,)).module()
         prepared = prepare_pt2e(exported, quantizer)

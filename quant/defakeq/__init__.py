@@ -64,6 +64,7 @@ class DefakeqConfig:
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
     drop_p: float = 0.0
+    fisher: bool = False  # weight VEFT's squared error by the squared loss gradient
     contrast_weight: float = 0.05  # gamma (relative to the block's output energy)
     contrast_tau: float = 0.1
     supcon_weight: float = 1.0  # mu
@@ -158,6 +159,7 @@ def _run(ctx: MethodContext, cfg: DefakeqConfig) -> QuantParams:
             iters=cfg.iters, batch=cfg.batch, learn_round=True, learn_act=True, learn_wscale=True,
             act_quant=True, lr_round=cfg.lr_round, lr_act=cfg.lr_act, lr_wscale=cfg.lr_wscale,
             round_weight=cfg.round_weight, beta=tuple(cfg.beta), warmup=cfg.warmup, drop_p=cfg.drop_p,
+            fisher=cfg.fisher,
         )
         extra = (ProgressiveContrast(cfg.contrast_weight, cfg.contrast_tau, cfg.supcon_weight, cfg.contrast_power)
                  if cfg.contrast else None)

@@ -14,9 +14,13 @@ depth, and
 
     L_inst = -1/B sum_i log( exp(z^q_i . z_i / tau) / sum_j exp(z^q_i . z_j / tau) )   (InfoNCE:
              each image's quantized feature close to its own float feature, away from others')
-    L_sup  = -1/B sum_i 1/|P(i)| sum_{p in P(i)} log( exp(z^q_i . z^q_p / tau)
-             / sum_{a != i} exp(z^q_i . z^q_a / tau) )                          (supervised
-             contrastive: P(i) = the other frames with i's label; real and fake pushed apart)
+    L_sup  = -1/B sum_i 1/|P(i)| sum_{p in P(i)} log( exp(z^q_i . z_p / tau)
+             / sum_j exp(z^q_i . z_j / tau) )                                   (supervised
+             contrastive across views: P(i) = the frames with i's label; quantized features
+             pulled to the float features of their class, away from the other class's)
+
+Blocks whose pooled output has fewer than 8 channels (the classifier's logits) get no
+contrastive term.
 
 Final codes are the hard rounding floor(w/s0) + 1[V >= 0]; scales s are learned values.
 """
@@ -40,20 +44,15 @@ def info_nce(z_q: torch.Tensor, z_fp: torch.Tensor, tau: float) -> torch.Tensor:
     return F.cross_entropy(logits, torch.arange(len(z_q), device=z_q.device))
 
 
-def sup_con(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020, L_out) over one batch of features;
-    anchors without another frame of their label are left out (0 when none has one)."""
-    n = len(z)
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = (z @ z.T / tau).masked_fill(eye, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    pos = (labels[:, None] == labels[None, :]) & ~eye
-    n_pos = pos.sum(dim=1)
-    has = n_pos > 0
-    if not bool(has.any()):
-        return z.sum() * 0.0
-    per = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    return -(per[has] / n_pos[has]).mean()
+def sup_con(z_q: torch.Tensor, z_fp: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) across views: anchors are the
+    quantized features, keys the float ones; the positives of anchor i are the keys with i's
+    label (its own included), the rest are negatives. Pulling towards the float features of
+    the same class, rather than towards other quantized features, keeps the class structure the
+    float model already has instead of inventing a new geometry the next layers do not expect."""
+    log_prob = F.log_softmax(z_q @ z_fp.T / tau, dim=1)
+    pos = (labels[:, None] == labels[None, :]).to(log_prob.dtype)
+    return -((log_prob * pos).sum(dim=1) / pos.sum(dim=1)).mean()
 
 
 @dataclass
@@ -64,6 +63,7 @@ class ProgressiveContrast:
     tau: float = 0.1
     mu: float = 1.0  # weight of the supervised term relative to the instance term
     power: float = 1.0  # gamma_k = gamma * ((k + 1) / K) ** power
+    min_dim: int = 8  # blocks with fewer pooled channels (the logits) get no contrastive term
 
     def weight(self, k: int, n_units: int) -> float:
         return self.gamma * ((k + 1) / n_units) ** self.power
@@ -74,9 +74,12 @@ class ProgressiveContrast:
         if w <= 0:
             return None
         energy = out_fp.detach().pow(2).sum(dim=1).mean() if out_fp.ndim > 1 else out_fp.detach().pow(2).mean()
-        z_q = F.normalize(pooled(out_q), dim=1)
+        z_q = pooled(out_q)
+        if z_q.shape[1] < self.min_dim:  # a classifier's logits are not a feature space
+            return None
+        z_q = F.normalize(z_q, dim=1)
         z_fp = F.normalize(pooled(out_fp.detach()), dim=1)
         loss = info_nce(z_q, z_fp, self.tau)
         if self.mu:
-            loss = loss + self.mu * sup_con(z_q, labels, self.tau)
+            loss = loss + self.mu * sup_con(z_q, z_fp, labels, self.tau)
         return w * energy * loss
