@@ -170,11 +170,12 @@ def _host_parity(suite: Suite, ref: DetectorRef, out: ExportOutcome, sim_scores:
     tol = suite.parity
     for name, ev in evals.items():
         scores = softmax_fake(score_all(model, np.load(ref.inputs[name]), 64))
-        par = parity(sim_scores[name], scores, ev.labels)
+        par = parity(sim_scores[name], scores, ev.labels, tol.quantile)
         out.host_parity[name] = par
         bad = []
-        if par["parity_max_abs"] > tol.max_abs:
-            bad.append(f"max |p_sim - p_deployed| {par['parity_max_abs']:.4f} > {tol.max_abs}")
+        if par["parity_quantile_abs"] > tol.max_abs:
+            what = "max" if tol.quantile == 1 else f"{tol.quantile:g} quantile of"
+            bad.append(f"{what} |p_sim - p_deployed| {par['parity_quantile_abs']:.4f} > {tol.max_abs}")
         if abs(par["sim_auc"] - par["deployed_auc"]) > tol.auc:
             bad.append(f"AUC sim {par['sim_auc']:.4f} vs deployed {par['deployed_auc']:.4f} differ by more than {tol.auc}")
         if par["decision_agreement"] < tol.agreement_min:

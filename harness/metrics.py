@@ -75,12 +75,14 @@ def bootstrap_auc_ci(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed
     return float(lo), float(hi)
 
 
-def parity(sim_scores: np.ndarray, dep_scores: np.ndarray, labels: np.ndarray) -> dict:
-    """How far a deployed artifact is from the PyTorch simulation of the same model."""
+def parity(sim_scores: np.ndarray, dep_scores: np.ndarray, labels: np.ndarray, quantile: float = 1.0) -> dict:
+    """How far a deployed artifact is from the PyTorch simulation of the same model
+    (`parity_quantile_abs`: the `quantile` of |p_sim - p_deployed| over frames)."""
     sim_scores, dep_scores = np.asarray(sim_scores), np.asarray(dep_scores)
     d = np.abs(sim_scores - dep_scores)
     return {
         "parity_max_abs": float(d.max()),
+        "parity_quantile_abs": float(np.quantile(d, quantile)),
         "parity_mean_abs": float(d.mean()),
         "decision_agreement": float(np.mean((sim_scores >= 0.5) == (dep_scores >= 0.5))),
         "sim_auc": float(roc_auc_score(labels, sim_scores)),

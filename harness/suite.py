@@ -118,7 +118,13 @@ class CalibrationEntry(_Strict):
 
 
 class ParityEntry(_Strict):
-    max_abs: float = Field(default=0.1, gt=0)  # max |p_sim - p_deployed| over frames
+    max_abs: float = Field(default=0.1, gt=0)  # limit on |p_sim - p_deployed| at `quantile` over frames
+    # 1 = the maximum. Below 8 bits an integer runtime's requantization can round one
+    # activation code differently from the float simulation, and a 4-bit grid turns that one
+    # code into a visible score change on a few frames: 0.99 judges the bulk, AUC and decisions
+    # the rest (measured, tiny-resnet min-max W4A4 ONNX: AUC equal to 1e-4, mean 0.007, p99
+    # 0.13, max 0.26)
+    quantile: float = Field(default=1.0, gt=0, le=1)
     auc: float = Field(default=0.01, gt=0)  # |AUC_sim - AUC_deployed|
     agreement_min: float = Field(default=0.95, gt=0, le=1)
 

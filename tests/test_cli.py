@@ -25,8 +25,8 @@ def test_list_registries():
 def test_plan_prints_the_matrix_without_running(tmp_path):
     p = cli("plan", str(ROOT / "suite.yaml"))
     assert p.returncode == 0, p.stderr
-    assert "6 quantizations, 12 artifacts, 12 trials" in p.stdout
-    assert p.stdout.count("todo") == 12
+    assert "10 quantizations, 20 artifacts, 20 trials" in p.stdout
+    assert p.stdout.count("todo") == 20
 
 
 def test_devices_list_and_check_local():

@@ -75,7 +75,8 @@ def test_default_suite_is_valid_and_plans(tmp_path):
     from harness.plan import make_plan
 
     plan = make_plan(suite, load_inventory(suite.devices))
-    assert len(plan.quant) == 6 and len(plan.export) == 12 and len(plan.trials) == 12
+    # 2 detectors x (fp32, min-max W8A8 + W4A4, mse W4A4, defakeq W4A4) x (ONNX, TFLite)
+    assert len(plan.quant) == 10 and len(plan.export) == 20 and len(plan.trials) == 20
 
 
 def test_suite_gate_keys_are_the_reports_gate_keys():
