@@ -104,6 +104,33 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: list[dict], budgets: tuple[str, ...] = ("W4A4", "W3A3", "W4A8")) -> str:
+    """Mean AUC (± std over seeds, n seeds) per method x (detector, budget), as a markdown
+    table; the best mean of each column in bold."""
+    rows = [r for r in rows if r.get("auc") is not None]
+    dets = sorted({r["detector"] for r in rows})
+    cols = [(d, b) for d in dets for b in budgets if any(r["detector"] == d and r["budget"] == b for r in rows)]
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m.startswith("defakeq"), m))
+    cell: dict[tuple, list[float]] = {}
+    for r in rows:
+        cell.setdefault((r["method"], r["detector"], r["budget"]), []).append(r["auc"])
+    best = {c: max(np.mean(v) for (m, d, b), v in cell.items() if (d, b) == c) for c in cols}
+    fp = {d: next(r["fp32_auc"] for r in rows if r["detector"] == d) for d in dets}
+    head = "| method | " + " | ".join(f"{d} {b}" for d, b in cols) + " |"
+    lines = [head, "|" + " --- |" * (len(cols) + 1), "| FP32 | " + " | ".join(f"{fp[d]:.4f}" for d, _ in cols) + " |"]
+    for m in methods:
+        out = []
+        for c in cols:
+            v = cell.get((m, *c))
+            if not v:
+                out.append("–")
+                continue
+            txt = f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f} ({len(v)})" if len(v) > 1 else "")
+            out.append(f"**{txt}**" if abs(np.mean(v) - best[c]) < 1e-12 else txt)
+        lines.append(f"| {m} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default=",".join(DETECTORS_DEFAULT))
@@ -115,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the method name in the rows (experiments)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--markdown", action="store_true", help="print the saved rows as a markdown table and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown([r for r in load_rows(Path(args.out)) if r.get("spec_key") == SPEC.key()]))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m for m in METHODS if METHODS[m].quantizes] if args.methods == "all" else args.methods.split(",")

@@ -229,6 +229,8 @@ class SuiteRunner:
             self.timings["prepare_s"] = time.perf_counter() - t_start
             rows, quarantined = self._deploy_and_trial(todo, refs, evals)
         t_report = time.perf_counter()
+        self.timings["total_s"] = t_report - t_start
+        self.store.finish_run(self.run_id, timings=self.timings)  # the report shows a finished run
         report, gates_ok = self._report()
         self.timings["report_s"] = time.perf_counter() - t_report
         self.timings["total_s"] = time.perf_counter() - t_start
