@@ -2,7 +2,8 @@
 our integer codes and activation grids exactly.
 
 The int8 path runs litert-torch's own PT2E quantizer (its annotation decides where Q/DQ go,
-which is what the LiteRT converter fuses into int8 kernels) and then replaces every observer
+which is what the LiteRT converter fuses into int8 kernels; restricted to the simulation's
+int8 ops, see _sim_aligned_quantizer) and then replaces every observer
 by one holding OUR range: per-channel weight ranges +-127*s (eps 1e-12 — litert's default
 2**-12 floor changes small channel scales) and activation ranges that reproduce our scale and
 zero point. Observed tensors are matched to the simulation by value (see match.py).
