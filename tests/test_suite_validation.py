@@ -30,6 +30,7 @@ BAD = [
     (GOOD + "gates: {auc_drop: 0.1}\n", "unknown gate(s) ['auc_drop']"),
     (GOOD + "trials: {runs: -1}\n", "trials.runs"),
     (GOOD + "seed: abc\n", "seed"),
+    (GOOD + "parity: {quantile: 1.5}\n", "parity.quantile"),
     (GOOD.replace("{name: tiny-dsnet}", "{name: tiny-dsnet, train_on: celeb}"), "train_on: 'celeb' is not a dataset"),
     (GOOD.replace("{name: tiny-dsnet}", "{name: xception, variant: full}"), "full variant needs a checkpoint"),
     ("- just\n- a list\n", "expected a mapping"),
@@ -98,3 +99,17 @@ def test_bad_gate_values(tmp_path, gates, needle):
     with pytest.raises(SuiteError) as err:
         load_suite(f)
     assert needle in str(err.value)
+
+
+def test_parity_quantile_judges_the_bulk_and_max_is_the_default():
+    import numpy as np
+
+    from harness.metrics import parity
+
+    sim = np.linspace(0.0, 1.0, 200)
+    dep = sim.copy()
+    dep[7] += 0.3  # one frame off by one 4-bit code, say
+    labels = (np.arange(200) % 2).astype(int)
+    assert parity(sim, dep, labels)["parity_quantile_abs"] == pytest.approx(0.3)  # quantile 1 = max
+    p = parity(sim, dep, labels, quantile=0.95)
+    assert p["parity_quantile_abs"] == 0.0 and p["parity_max_abs"] == pytest.approx(0.3)
