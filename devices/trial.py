@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import benchmark_model as bm
-from .inventory import runtime_format
+from .inventory import RUNTIMES, runtime_format
 from .lock import DeviceBusy, device_lock
 from .runner import RUNNER_PATH
 from .runner.defakeq_runner import RESULT_BEGIN, RESULT_END
@@ -72,15 +72,7 @@ LAUNCHER = (
 )
 
 # Runtimes the Python runner can open (the rest exist on Android only through benchmark_model).
-PYTHON_RUNTIMES = {
-    "onnxruntime-cpu",
-    "onnxruntime-cuda",
-    "onnxruntime-tensorrt",
-    "onnxruntime-xnnpack",
-    "litert",
-    "litert-xnnpack",
-    "litert-gpu",
-}
+PYTHON_RUNTIMES = frozenset(RUNTIMES) - {"litert-nnapi"}
 ANDROID_PYTHON_LITERT = {"litert", "litert-xnnpack"}  # no GPU delegate .so for Python on phones
 
 

@@ -60,6 +60,15 @@ class Cache:
                 raise CorruptEntry(f"cache entry {kind}/{key}: {name} does not match its recorded sha256 {digest[:12]}…")
         return record
 
+    def lookup_or_evict(self, kind: str, key: str, say, then: str = "recomputing") -> dict | None:
+        """`lookup`, but a corrupt entry is reported, evicted and treated as a miss."""
+        try:
+            return self.lookup(kind, key)
+        except CorruptEntry as exc:
+            say(f"{exc}; {then}")
+            self.evict(kind, key)
+            return None
+
     def store(self, kind: str, key: str, files: dict[str, Path], record: dict) -> dict:
         """Move `files` into a new entry atomically; returns the record (with file hashes)."""
         final = self.entry(kind, key)

@@ -25,7 +25,6 @@ from .cache import (
     EXPORT_CODE_VERSION,
     QUANT_CODE_VERSION,
     Cache,
-    CorruptEntry,
     key_of,
     tool_versions,
 )
@@ -109,12 +108,7 @@ def _quantize(suite: Suite, ref: DetectorRef, model, qjob: QuantJob, cache: Cach
         "weights": ref.key, "method": qjob.method, "bits": qjob.bits, "options": options, "calib": ref.calib_manifest,
         "n": len(calib_x), "seed": suite.seed, "first_last": suite.calibration.first_last_bits, "v": QUANT_CODE_VERSION,
     })
-    try:
-        rec = cache.lookup("quant", key)
-    except CorruptEntry as exc:
-        say(f"{exc}; recomputing")
-        cache.evict("quant", key)
-        rec = None
+    rec = cache.lookup_or_evict("quant", key, say)
     if rec is not None:
         params = QuantParams.from_bytes((cache.entry("quant", key) / "params.npz").read_bytes())
         folded = fold_bn(model)
@@ -138,12 +132,7 @@ def _export(suite: Suite, ref: DetectorRef, qres: QuantResult, job: ExportJob, c
     ident = qres.params.code_hash() if qres.params else ref.key
     key = key_of({"model": ident, "weights": ref.key, "format": job.format, "exporter": exporter_identity(job.format),
                   "size": ref.input_size, "tools": tool_versions(), "v": EXPORT_CODE_VERSION})
-    try:
-        rec = cache.lookup("artifacts", key)
-    except CorruptEntry as exc:
-        say(f"{exc}; re-exporting")
-        cache.evict("artifacts", key)
-        rec = None
+    rec = cache.lookup_or_evict("artifacts", key, say, "re-exporting")
     if rec is None:
         folder = Path(suite.cache_dir) / f".export-{key}-{os.getpid()}"
         folder.mkdir(parents=True, exist_ok=True)

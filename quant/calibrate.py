@@ -12,6 +12,24 @@ from .registry import MethodContext
 from .sim import ActivationStats, collect_activation_stats
 
 
+class StopForward(Exception):
+    """Raised by a hook once the layer of interest has run (the rest of the net is not needed)."""
+
+
+def run_hooked(model: torch.nn.Module, batches, handles: list) -> None:
+    """Run `model` on every batch (a hook may cut a pass short with StopForward); then remove
+    the hooks' `handles`."""
+    try:
+        for xb in batches:
+            try:
+                model(xb)
+            except StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def bits_tensor(n: int, bits: int) -> torch.Tensor:
     return torch.full((n,), int(bits), dtype=torch.int64)
 

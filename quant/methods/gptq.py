@@ -20,17 +20,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..calibrate import acts_from_ranges, bits_tensor
+from ..calibrate import StopForward, acts_from_ranges, bits_tensor, run_hooked
 from ..clipping import GRANULARITIES, act_ranges, choose, weight_scale
 from ..graph import compute_modules
 from ..qparams import QuantParams, WeightQuant
 from ..quantizer import weight_qmax
 from ..registry import MethodContext, register
 from ..sim import collect_activation_stats
-
-
-class _Stop(Exception):
-    """Raised once the layer of interest has seen its input."""
 
 
 def layer_columns(mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -79,17 +75,9 @@ def layer_hessian(
             cols, _ = layer_columns(module, x[i : i + step])
             acc["H"] = acc["H"] + torch.bmm(cols, cols.transpose(1, 2))
             acc["n"] = int(acc["n"]) + cols.shape[2]
-        raise _Stop
+        raise StopForward
 
-    h = mod.register_forward_pre_hook(hook)
-    try:
-        for xb in batches:
-            try:
-                model(xb)
-            except _Stop:
-                pass
-    finally:
-        h.remove()
+    run_hooked(model, batches, [mod.register_forward_pre_hook(hook)])
     return 2.0 * acc["H"] / max(int(acc["n"]), 1)  # type: ignore[operator]
 
 

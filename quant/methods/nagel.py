@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-from ..calibrate import acts_from_ranges
+from ..calibrate import StopForward, acts_from_ranges, run_hooked
 from ..clipping import GRANULARITIES, act_ranges, choose, clipped_weights
 from ..graph import compute_modules
 from ..qparams import QuantParams, WeightQuant
@@ -161,10 +161,6 @@ def cross_layer_equalize(gm: fx.GraphModule, iters: int = 20, tol: float = 1e-6)
 # --- bias correction ------------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    """Raised by a hook once the layer of interest has run (the rest of the net is not needed)."""
-
-
 def _channel_mean(y: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum over everything but the channel axis (1 for conv maps, last for linear outputs)."""
     if y.ndim == 2:
@@ -189,20 +185,11 @@ def output_means(
             sums[name] = sums.get(name, 0) + s
             counts[name] = counts.get(name, 0) + n
             if name == stop_after:
-                raise _Stop
+                raise StopForward
 
         return fn
 
-    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        for xb in batches:
-            try:
-                model(xb)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, batches, [mods[n].register_forward_hook(hook(n)) for n in names])
     return {n: sums[n] / counts[n] for n in names if n in sums}
 
 
