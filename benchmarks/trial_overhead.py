@@ -40,7 +40,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the suite, and the test sshd 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from devices.inventory import SSHDevice  # noqa: E402
 from devices.transports import LocalTransport, open_transport  # noqa: E402
 from devices.trial import TrialSpec, run_trial  # noqa: E402
 
@@ -337,17 +336,7 @@ def main() -> int:
             for label, quiet in (("ssh-loopback", True), ("ssh-loopback+bashrc", False)):
                 server = SSHServer(tmp / f"sshd-{label}", quiet_shell=quiet).start()
                 wd = tmp / f"wd-{label}"
-                device = SSHDevice(
-                    name=label.replace("+", "-"),
-                    transport="ssh",
-                    address=server.host,
-                    port=server.port,
-                    user=server.user,
-                    key_file=str(server.client_key),
-                    known_hosts=str(server.known_hosts),
-                    workdir=str(wd),
-                    python=sys.executable,
-                )
+                device = server.device(wd, name=label.replace("+", "-"), python=sys.executable)
                 try:
                     samples += phases(label, lambda d=device: open_transport(d), spec, emptier(wd))
                 finally:

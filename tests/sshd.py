@@ -125,6 +125,14 @@ class SSHServer:
         """The known_hosts host field paramiko looks up for this server."""
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
+    def device(self, workdir: Path, **kw):
+        """An SSHDevice reaching this server with its client key (fields in `kw` override)."""
+        from devices.inventory import SSHDevice
+
+        fields = dict(name="loop", transport="ssh", address=self.host, port=self.port, user=self.user,
+                      key_file=str(self.client_key), known_hosts=str(self.known_hosts), workdir=str(workdir))
+        return SSHDevice(**{**fields, **kw})
+
     def start(self, timeout: float = 15.0) -> SSHServer:
         self.root.mkdir(parents=True, exist_ok=True)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privsep dir sshd insists on as root

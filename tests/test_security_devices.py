@@ -27,7 +27,7 @@ from adb_shell.auth.keygen import keygen as adb_keygen
 
 from devices.adb.testdevice import AdbTestDevice
 from devices.health import check
-from devices.inventory import ADBDevice, LocalDevice, SSHDevice, load_inventory
+from devices.inventory import ADBDevice, LocalDevice, load_inventory
 from devices.transports import open_transport
 from devices.trial import TrialSpec, run_trial
 
@@ -112,18 +112,7 @@ def test_tampered_artifact_fails_and_never_runs_local(tmp_path):
 
 def test_tampered_artifact_fails_and_never_runs_ssh(sshd_server, tmp_path):
     model, impostor, inputs, w, x = onnx_pair(tmp_path)
-    dev = SSHDevice(
-        name="board",
-        transport="ssh",
-        address=sshd_server.host,
-        port=sshd_server.port,
-        user=sshd_server.user,
-        key_file=str(sshd_server.client_key),
-        known_hosts=str(sshd_server.known_hosts),
-        workdir=str(tmp_path / "wd"),
-        python=sys.executable,
-        runtimes=["onnxruntime-cpu"],
-    )
+    dev = sshd_server.device(tmp_path / "wd", name="board", python=sys.executable, runtimes=["onnxruntime-cpu"])
     t = open_transport(dev)
     try:
         spec = TrialSpec(model=model, inputs=inputs, runtime="onnxruntime-cpu", warmup=1, runs=5)
@@ -216,19 +205,8 @@ def test_hostile_workdir_names_and_python_over_ssh(sshd_server, tmp_path):
     named = tmp_path / "m; rm -rf ~ $(touch PWNED4) 'q.onnx"
     shutil.copyfile(model, named)
     wd = tmp_path / HOSTILE_DIR
-    dev = SSHDevice(
-        name="board",
-        transport="ssh",
-        address=sshd_server.host,
-        port=sshd_server.port,
-        user=sshd_server.user,
-        key_file=str(sshd_server.client_key),
-        known_hosts=str(sshd_server.known_hosts),
-        workdir=str(wd),
-        python=hostile_python(tmp_path),
-        runtimes=["onnxruntime-cpu"],
-        cpu_affinity=[0],
-    )
+    dev = sshd_server.device(wd, name="board", python=hostile_python(tmp_path), runtimes=["onnxruntime-cpu"],
+                             cpu_affinity=[0])
     t = open_transport(dev)
     try:
         out = run_trial(t, TrialSpec(model=named, inputs=inputs, runtime="onnxruntime-cpu", runs=5))

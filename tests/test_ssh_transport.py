@@ -155,16 +155,7 @@ def test_encrypted_key_passphrase_never_logged(fresh_sshd, tmp_path, caplog, mon
         without.connect()
     assert not err.value.transient
     monkeypatch.setenv(PASSPHRASE_ENV, secret)
-    device = SSHDevice(
-        name="enc",
-        transport="ssh",
-        address=fresh_sshd.host,
-        port=fresh_sshd.port,
-        user=fresh_sshd.user,
-        key_file=str(key),
-        known_hosts=str(fresh_sshd.known_hosts),
-        workdir=str(tmp_path / "wd"),
-    )
+    device = fresh_sshd.device(tmp_path / "wd", name="enc", key_file=str(key))
     t = open_transport(device)
     assert isinstance(t, SSHTransport)
     assert t.exec(["echo", "in"], timeout=5).stdout == "in\n"
@@ -377,21 +368,8 @@ def test_stalled_server_hits_deadlines(fresh_sshd, tmp_path):
 
 # --- trials and health ----------------------------------------------------------------------
 def ssh_device(server: SSHServer, workdir: Path, **kw) -> SSHDevice:
-    fields = dict(
-        name="loop",
-        transport="ssh",
-        address=server.host,
-        port=server.port,
-        user=server.user,
-        key_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        workdir=str(workdir),
-        python=sys.executable,
-        connect_timeout_s=3.0,
-        keepalive_s=1.0,
-        runtimes=["onnxruntime-cpu"],
-    )
-    return SSHDevice(**{**fields, **kw})
+    fields = dict(python=sys.executable, connect_timeout_s=3.0, keepalive_s=1.0, runtimes=["onnxruntime-cpu"])
+    return server.device(workdir, **{**fields, **kw})
 
 
 def test_run_trial_end_to_end_over_ssh(sshd_server, tmp_path):
