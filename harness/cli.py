@@ -162,14 +162,13 @@ def cmd_devices(args) -> int:
             table.add_row(d.name, d.transport, str(addr), ", ".join(d.runtimes), str(d.threads or "default"), ", ".join(d.tags))
         console.print(table)
         return EXIT_OK
-    from devices.health import check
+    from devices.health import check_all
 
     ok = True
     table = Table(title="device check")
     for col in ("name", "reachable", "os", "cpu / soc", "runtimes", "temp °C", "problems"):
         table.add_column(col)
-    for d in inventory.devices:
-        f = check(d)
+    for d, f in zip(inventory.devices, check_all(inventory.devices)):  # in parallel: a dead device costs only its own timeouts
         ok &= bool(f.get("reachable")) and not f.get("problems")
         osf, cpu = f.get("os") or {}, f.get("cpu") or {}
         runtimes = "\n".join(

@@ -50,7 +50,3 @@ def alias_keys(module: nn.Module, aliases: dict[str, str]) -> None:
 
     module.register_state_dict_post_hook(save_hook)
     module.register_load_state_dict_pre_hook(load_hook)
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
